@@ -1,0 +1,31 @@
+# make demo: the offline demo study; make test: the test suite. Each sets up .venv itself when needed.
+# GPU users: make TORCH_SPEC='torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128' test
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+DATA ?= ../shared/data/sumpubmed
+BIN := $(VENV)/bin
+
+.PHONY: demo test test-all lint clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_SPEC)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/medsum demo --data $(DATA) --output runs/demo
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q
+
+test-all: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m ''
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs

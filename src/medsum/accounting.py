@@ -1,0 +1,39 @@
+"""Parameter accounting without weights: the model is built on PyTorch's meta device, the method applied, and the
+parameters counted. The same counting code (``models.parameter_report``) fills ``params`` in every run."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from medsum.config import RunConfig
+from medsum.methods import METHODS, ModelContext
+from medsum.models import count_parameters, family_of, meta_model, parameter_report, resolve_model_source
+
+
+def count_for_config(cfg: RunConfig) -> dict[str, Any]:
+    """``{"base_params", "trainable_params", "total_params", "trainable_pct"}`` for cfg's model and method.
+
+    ``total_params`` is the base plus what the method adds; ``trainable_pct = 100 * trainable / total``.
+    """
+    name = cfg.model.name
+    if name == "tiny":  # the tiny model is defined by its training text: build (or reuse) it from the data
+        from medsum.data import load_splits
+
+        splits = load_splits(cfg.data)
+        name = resolve_model_source(name, [t for e in splits["train"] for t in (e.source, e.target)])
+    model = meta_model(name)
+    family = family_of(model.config)
+    base = count_parameters(model)["total"]
+    method_cfg = cfg.method
+    if getattr(method_cfg, "init", None) == "text":
+        # text initialisation changes values, not counts, and would need the tokenizer: count a random init
+        method_cfg = dataclasses.replace(method_cfg, init="random")
+    tokenizer_path = name if Path(name).is_dir() else cfg.model.name
+    wrapped = METHODS[cfg.method.name].apply(model, method_cfg, ModelContext(cfg.model.name, tokenizer_path,
+                                                                             family.lora_targets))
+    report = parameter_report(base, wrapped)
+    return {"model": cfg.model.name, "method": cfg.method.name, "base_params": report["base"],
+            "trainable_params": report["trainable"], "total_params": report["total"],
+            "trainable_pct": report["trainable_pct"]}

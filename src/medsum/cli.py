@@ -1,0 +1,256 @@
+"""The ``medsum`` command: argument parsing only; every command calls into the modules that do the work."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+from medsum.errors import MedsumError
+
+EXAMPLES_TRAIN = """\
+examples:
+  medsum train configs/lora.yaml
+  medsum train model.name=tiny data.path=../shared/data/sumpubmed method.name=prompt_tuning seed=3 output_dir=runs/pt-s3
+  medsum train configs/lora.yaml method.target_modules=[q,k,v,o] train.learning_rate=1e-4
+"""
+
+
+def _config_reference() -> str:
+    from medsum.config import help_lines
+
+    lines = ["config keys (key=value overrides; values parsed as YAML; default in brackets):"]
+    for key, default, text in help_lines():
+        wrapped = textwrap.wrap(f"{text} [{default}]", width=88)
+        lines.append(f"  {key}")
+        lines += [f"      {line}" for line in wrapped]
+    return "\n".join(lines)
+
+
+def _split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
+    """The optional YAML file comes first; everything else is key=value."""
+    if items and "=" not in items[0]:
+        return items[0], items[1:]
+    stray = [item for item in items if "=" not in item]
+    if stray:
+        raise MedsumError(f"expected key=value overrides after the config file, got {stray[0]!r}")
+    return None, items
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train one run (LoRA, prompt tuning or full fine-tuning) into a run directory",
+        description="Train, select on validation ROUGE-1, test with beam search and write one run directory.",
+        epilog=EXAMPLES_TRAIN + "\n" + _config_reference(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("items", nargs="*", metavar="[CONFIG] key=value", help="optional YAML config, then overrides")
+    p.add_argument("--force", action="store_true", help="retrain even if output_dir holds a finished run")
+    p.add_argument("--nproc", type=int, default=1, help="data-parallel processes to launch (Accelerate/torchrun)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_params(sub) -> None:
+    p = sub.add_parser(
+        "params", help="count base and trainable parameters of a model + method, without loading weights",
+        description="Builds the model on PyTorch's meta device (no download, no memory), applies the method and "
+                    "prints base, trainable and total parameters.",
+        epilog="example:\n  medsum params model.name=google/flan-t5-large method.name=lora --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("items", nargs="*", metavar="[CONFIG] key=value")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _add_study(sub) -> None:
+    p = sub.add_parser("study", help="run, inspect and report a whole comparison (models x methods x seeds)")
+    study = p.add_subparsers(dest="study_command", required=True, metavar="{run,status,report}")
+    run = study.add_parser("run", help="run every unfinished run of a study, then write its report",
+                           description="Runs every run of STUDY.yaml not yet finished into DIR/runs/<run>/, then "
+                                       "writes DIR/report/. Rerunning resumes; finished runs are never retrained.")
+    run.add_argument("spec", metavar="STUDY.yaml")
+    run.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every run")
+    run.add_argument("--output", required=True, metavar="DIR")
+    run.add_argument("--executor", choices=("local", "ray"), default="local")
+    run.add_argument("--ray-address", default=None, metavar="ADDR", help="an existing Ray cluster (default: local)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    status = study.add_parser("status", help="list the runs of a study as done / running / failed / pending")
+    status.add_argument("output", metavar="DIR")
+    report = study.add_parser("report", help="rebuild DIR/report/ from the run directories")
+    report.add_argument("output", metavar="DIR")
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the offline demo study on the tiny model (a few minutes on a laptop CPU)",
+                       description="A small built-in study on the randomly initialised tiny model: all three "
+                                   "methods, 2 seeds, short LoRA-rank and prompt-token sweeps, and the full report. "
+                                   "Its numbers show the machinery, not the paper's conclusion.")
+    p.add_argument("--data", default="../shared/data/sumpubmed", help="a local data directory or file")
+    p.add_argument("--output", default="runs/demo", metavar="DIR")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_use(sub) -> None:
+    p = sub.add_parser("summarize", help="summarise text files (or stdin) with a trained run")
+    p.add_argument("files", nargs="*", metavar="FILE", help="text files; - or none reads stdin")
+    p.add_argument("--run", required=True, metavar="RUN_DIR")
+    p.add_argument("--json", action="store_true", help='one {"file", "summary"} JSON line per input')
+    p.add_argument("--batch-size", type=int, default=8)
+    p = sub.add_parser("export", help="write a self-contained model directory from a run (optionally merged)")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--output", required=True, metavar="DIR")
+    p.add_argument("--merge", action="store_true", help="merge LoRA weights into the base model (no peft needed)")
+    p = sub.add_parser("serve", help="serve a trained run over HTTP (FastAPI)")
+    p.add_argument("--run", required=True, metavar="RUN_DIR")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-body-bytes", type=int, default=1_000_000)
+    p.add_argument("--max-texts", type=int, default=16)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medsum", description="Adapt seq2seq models to medical summarization and compare the methods.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+    _add_params(sub)
+    _add_study(sub)
+    _add_demo(sub)
+    _add_use(sub)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+def cmd_train(args) -> int:
+    from medsum.config import load_run_config
+    from medsum.train import is_finished, run
+
+    path, overrides = _split_config_and_overrides(args.items)
+    cfg = load_run_config(path, overrides)
+    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        return _launch_processes(args.nproc, args.items, args)
+    if is_finished(cfg.run_dir) and not args.force:
+        print(f"run already finished: {cfg.run_dir / 'metrics.json'} (nothing to do; --force retrains)")
+        return 0
+    run(cfg, force=args.force, show_progress=not args.quiet)
+    return 0
+
+
+def _launch_processes(nproc: int, items: list[str], args) -> int:
+    """Re-runs this command under torchrun with ``nproc`` processes (gloo on CPU, NCCL on GPUs)."""
+    import subprocess
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "medsum"] + (["--debug"] if args.debug else []) + ["train", *items]
+    if args.force:
+        command.append("--force")
+    if args.quiet:
+        command.append("--quiet")
+    return subprocess.call(command, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+
+
+def cmd_params(args) -> int:
+    import json
+
+    from medsum.accounting import count_for_config
+    from medsum.config import load_run_config
+
+    path, overrides = _split_config_and_overrides(args.items)
+    report = count_for_config(load_run_config(path, overrides))
+    if args.json:
+        print(json.dumps(report))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"{report['model']} + {report['method']}")
+        table.add_column("figure")
+        table.add_column("value", justify="right")
+        for key in ("base_params", "trainable_params", "total_params"):
+            table.add_row(key.replace("_", " "), f"{report[key]:,}")
+        table.add_row("trainable %", f"{report['trainable_pct']:.4f}")
+        Console().print(table)
+    return 0
+
+
+def cmd_study(args) -> int:
+    from medsum import study
+
+    if args.study_command == "run":
+        study.run_study(Path(args.spec), Path(args.output), list(args.overrides), executor=args.executor,
+                        ray_address=args.ray_address, show_progress=not args.quiet)
+    elif args.study_command == "status":
+        print(study.status_table(Path(args.output)))
+    else:
+        from medsum.report import write_report
+
+        print(f"report written to {write_report(Path(args.output))}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from medsum.study.demo import run_demo
+
+    run_demo(Path(args.data), Path(args.output), show_progress=not args.quiet)
+    return 0
+
+
+def cmd_summarize(args) -> int:
+    from medsum.serve import summarize_command
+
+    return summarize_command(args.run, args.files, as_json=args.json, batch_size=args.batch_size)
+
+
+def cmd_export(args) -> int:
+    from medsum.serve import export_run
+
+    print(export_run(Path(args.run), Path(args.output), merge=args.merge))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from medsum.serve import serve
+
+    serve(args.run, host=args.host, port=args.port, max_body_bytes=args.max_body_bytes, max_texts=args.max_texts)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "params": cmd_params, "study": cmd_study, "demo": cmd_demo,
+            "summarize": cmd_summarize, "export": cmd_export, "serve": cmd_serve}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # overrides may come after options (`medsum train --force a=1 b=2`): gather the stragglers
+    bucket = "items" if hasattr(args, "items") else "overrides" if hasattr(args, "overrides") else None
+    if extra and bucket and all("=" in item and not item.startswith("-") for item in extra):
+        getattr(args, bucket).extend(extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if not args.debug:
+        warnings.filterwarnings("ignore")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        return COMMANDS[args.command](args)
+    except MedsumError as err:
+        if args.debug:
+            raise
+        print(f"medsum: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medsum: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a bug, not a user error: still one line unless --debug
+        if args.debug:
+            raise
+        print(f"medsum: internal error: {type(err).__name__}: {' '.join(str(err).split())[:300]} "
+              f"(rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""Evaluation: generate summaries in length-sorted batches and score them with ROUGE the way the reference
+implementation does.
+
+ROUGE rules (PITFALLS.md): ``rouge-score`` with stemming; the reference is always the full reference text
+from the data (never decoded, truncated labels); an empty prediction is kept and scores 0; ``rougeL`` is
+sentence-level and ``rougeLsum`` summary-level, computed on texts split one sentence per line by
+``split_sentences`` (recorded as ``SENTENCE_SPLITTER``). Scores are F1 x 100.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+SENTENCE_SPLITTER = "regex: newline, or [.!?] followed by whitespace"
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\s*\n\s*")
+PARALLEL_MIN_EXAMPLES = 64  # below this a process pool costs more than it saves
+
+
+def split_sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
+
+
+_scorers: dict[str, Any] = {}
+
+
+def _scorer(kind: str):
+    if kind not in _scorers:
+        from rouge_score import rouge_scorer
+
+        keys = ["rouge1", "rouge2", "rougeL"] if kind == "plain" else ["rougeLsum"]
+        _scorers[kind] = rouge_scorer.RougeScorer(keys, use_stemmer=True)
+    return _scorers[kind]
+
+
+def score_example(pair: tuple[str, str]) -> dict[str, float]:
+    """ROUGE F1 x 100 of one (reference, prediction) pair; reference first (swapping swaps precision and recall)."""
+    reference, prediction = pair
+    plain = _scorer("plain").score(reference, prediction)
+    summary_level = _scorer("lsum").score("\n".join(split_sentences(reference)),
+                                          "\n".join(split_sentences(prediction)))
+    scores = {key: 100.0 * plain[key].fmeasure for key in ("rouge1", "rouge2", "rougeL")}
+    scores["rougeLsum"] = 100.0 * summary_level["rougeLsum"].fmeasure
+    return scores
+
+
+def rouge_per_example(references: list[str], predictions: list[str], workers: int | None = None) -> list[dict]:
+    """Per-example ROUGE, on all cores for large inputs; identical to scoring one by one (same scorer, same order)."""
+    if len(references) != len(predictions):
+        raise ValueError(f"{len(references)} references but {len(predictions)} predictions")
+    pairs = list(zip(references, predictions))
+    workers = workers if workers is not None else (os.cpu_count() or 1)
+    if workers <= 1 or len(pairs) < PARALLEL_MIN_EXAMPLES:
+        return [score_example(pair) for pair in pairs]
+    chunk = max(1, math.ceil(len(pairs) / (workers * 4)))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(score_example, pairs, chunksize=chunk))
+
+
+def aggregate(per_example: list[dict]) -> dict[str, float]:
+    """Means of the per-example scores (the numbers metrics.json reports)."""
+    if not per_example:
+        return {key: 0.0 for key in ROUGE_KEYS}
+    return {key: sum(row[key] for row in per_example) / len(per_example) for key in ROUGE_KEYS}
+
+
+def generation_kwargs(num_beams: int, length_penalty: float, no_repeat_ngram_size: int, min_new_tokens: int,
+                      max_new_tokens: int) -> dict[str, Any]:
+    kwargs = {"num_beams": num_beams, "max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens,
+              "no_repeat_ngram_size": no_repeat_ngram_size, "do_sample": False}
+    if num_beams > 1:
+        kwargs["length_penalty"] = length_penalty
+        kwargs["early_stopping"] = True
+    return kwargs
+
+
+def generate_texts(model, tokenizer, input_ids: list[list[int]], settings: dict[str, Any], batch_size: int,
+                   device, autocast_dtype=None, progress=None) -> tuple[list[str], int]:
+    """Summaries for pre-tokenized inputs, in input order, plus the number of generated (non-pad) tokens.
+
+    Inputs are generated longest first in batches of similar length, so little compute goes to padding.
+    """
+    import torch
+
+    from medsum.data import collate
+
+    order = sorted(range(len(input_ids)), key=lambda i: -len(input_ids[i]))
+    texts: list[str] = [""] * len(input_ids)
+    generated_tokens = 0
+    pad_id = tokenizer.pad_token_id
+    model.eval()
+    for start in range(0, len(order), batch_size):
+        indices = order[start:start + batch_size]
+        batch = collate([{"input_ids": input_ids[i]} for i in indices], pad_id, with_labels=False)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with torch.no_grad(), torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype,
+                                             enabled=autocast_dtype is not None):
+            output = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **settings)
+        output = output.cpu()
+        special = set(tokenizer.all_special_ids)
+        for row, index in zip(output, indices):
+            tokens = [t for t in row.tolist()[1:] if t != pad_id]  # drop the decoder start token
+            generated_tokens += len(tokens)
+            texts[index] = tokenizer.decode([t for t in tokens if t not in special], skip_special_tokens=True).strip()
+        if progress is not None:
+            progress(len(indices))
+    return texts, generated_tokens

@@ -1,0 +1,32 @@
+"""Full fine-tuning: every weight of the model trains."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from medsum.config import MethodConfig, setting
+from medsum.methods.base import Method, ModelContext
+
+
+@dataclass
+class FullConfig(MethodConfig):
+    name: str = setting("full", "Adaptation method: lora | prompt_tuning | full.")
+
+
+def apply(model, cfg: FullConfig, ctx: ModelContext):
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    return model
+
+
+def default_learning_rate(model_name: str) -> float:
+    # MISSION.md: 5e-5 / 3e-5 / 2e-5 for the small / base / large (and larger) checkpoints.
+    name = model_name.lower()
+    if "large" in name or "xl" in name:
+        return 2e-5
+    if "base" in name:
+        return 3e-5
+    return 5e-5
+
+
+METHOD = Method("full", FullConfig, apply, default_learning_rate, saves_adapter=False)
