@@ -186,6 +186,9 @@ def read_yaml(path: str | Path) -> dict:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        context, context_mark = getattr(err, "context", None), getattr(err, "context_mark", None)
+        if context and context_mark is not None:
+            problem += f" ({context} started at line {context_mark.line + 1})"
         raise MedsumError(f"{path}:{where}: invalid YAML: {problem}") from None
     if data is None:
         return {}
@@ -341,7 +344,8 @@ def config_from_dict(tree: dict, source: str = "config") -> RunConfig:
             top[key] = value
     cfg = build_dataclass(RunConfig, top, "", errors)
     for section in ("model", "data", "train", "generate"):
-        setattr(cfg, section, build_dataclass(_section_class(section), sections.get(section, {}), f"{section}.", errors))
+        values = sections.get(section, {})
+        setattr(cfg, section, build_dataclass(_section_class(section), values, f"{section}.", errors))
 
     method_values = dict(sections.get("method", {}))
     method_name = method_values.get("name", MethodConfig.name)
@@ -428,3 +432,11 @@ def _default(f: dataclasses.Field) -> Any:
 
 def _section_rows(section: str, cls: type) -> list[tuple[str, Any, str]]:
     return [(f"{section}.{f.name}", _default(f), f.metadata.get("help", "")) for f in dataclasses.fields(cls)]
+
+
+def markdown_reference() -> str:
+    """The README's config reference table (a test keeps the README equal to this)."""
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for key, default, text in help_lines():
+        rows.append(f"| `{key}` | `{default}` | {text.replace('|', '/')} |")
+    return "\n".join(rows)

@@ -108,14 +108,13 @@ def _make_accelerator(precision: str):
 
 def resolve_config(cfg: RunConfig, family, precision: str) -> RunConfig:
     """The config with every 'null: take the default' resolved, as saved in config.yaml."""
-    method = METHODS[cfg.method.name]
+    learning_rate = cfg.train.learning_rate or METHODS[cfg.method.name].default_learning_rate(cfg.model.name)
     resolved = dataclasses.replace(
         cfg,
         name=cfg.run_name,
         output_dir=str(cfg.run_dir),
         data=dataclasses.replace(cfg.data, prefix=family.prefix if cfg.data.prefix is None else cfg.data.prefix),
-        train=dataclasses.replace(cfg.train, precision=precision,
-                                  learning_rate=cfg.train.learning_rate or method.default_learning_rate(cfg.model.name)),
+        train=dataclasses.replace(cfg.train, precision=precision, learning_rate=learning_rate),
     )
     if getattr(cfg.method, "target_modules", "absent") is None:
         resolved.method = dataclasses.replace(cfg.method, target_modules=list(family.lora_targets))
@@ -255,17 +254,36 @@ class _nullcontext:
         return False
 
 
+def generate_sharded(setup_: Setup, model, encoded: list[dict], settings: dict, progress=None) -> tuple[list[str], int]:
+    """Generates for every example, each process taking every world_size-th one, gathered back in input order:
+    no example is lost or duplicated, whatever the number of processes."""
+    import torch
+    from accelerate.utils import gather_object
+
+    accelerator = setup_.accelerator
+    rank, world = accelerator.process_index, accelerator.num_processes
+    shard = list(range(rank, len(encoded), world))
+    texts, generated = generate_texts(_unwrap(setup_, model), setup_.tokenizer,
+                                      [encoded[i]["input_ids"] for i in shard], settings,
+                                      setup_.cfg.generate.batch_size, accelerator.device, setup_.autocast_dtype,
+                                      progress=progress)
+    if world == 1:
+        return texts, generated
+    rows = gather_object([(i, text) for i, text in zip(shard, texts)])
+    total = int(accelerator.reduce(torch.tensor(generated, device=accelerator.device), "sum"))
+    ordered = dict(rows)
+    return [ordered[i] for i in range(len(encoded))], total
+
+
 def validate(setup_: Setup, model) -> dict[str, float]:
     """Cheap model selection: greedy (train.eval_num_beams) on at most train.eval_max_examples validation rows."""
     cfg = setup_.cfg
     limit = cfg.train.eval_max_examples or len(setup_.encoded["validation"])
-    encoded = setup_.encoded["validation"][:limit]
     references = [e.target for e in setup_.splits["validation"][:limit]]
     g = cfg.generate
     settings = generation_kwargs(cfg.train.eval_num_beams, g.length_penalty, g.no_repeat_ngram_size,
                                  g.min_new_tokens, g.max_new_tokens)
-    texts, _ = generate_texts(_unwrap(setup_, model), setup_.tokenizer, [r["input_ids"] for r in encoded], settings,
-                              g.batch_size, setup_.accelerator.device, setup_.autocast_dtype)
+    texts, _ = generate_sharded(setup_, model, setup_.encoded["validation"][:limit], settings)
     model.train()
     return aggregate(rouge_per_example(references, texts))
 
@@ -392,9 +410,7 @@ def test(setup_: Setup, show_progress: bool = True) -> tuple[dict, list[dict], f
     bar = tqdm(total=len(examples), desc=f"test {cfg.run_name}", unit="ex",
                disable=not (show_progress and setup_.accelerator.is_main_process), dynamic_ncols=True)
     t0 = time.perf_counter()
-    texts, generated = generate_texts(setup_.model, setup_.tokenizer,
-                                      [r["input_ids"] for r in setup_.encoded["test"]], settings, g.batch_size,
-                                      setup_.accelerator.device, setup_.autocast_dtype, progress=bar.update)
+    texts, generated = generate_sharded(setup_, setup_.model, setup_.encoded["test"], settings, bar.update)
     seconds = time.perf_counter() - t0
     bar.close()
     references = [e.target for e in examples]
@@ -539,11 +555,11 @@ def run(cfg: RunConfig, force: bool = False, show_progress: bool = True) -> dict
               f"{accelerator.num_processes} process(es), {cfg.train.precision}", flush=True)
     accelerator.wait_for_everyone()
     progress = train_loop(setup_, run_dir, show_progress)
+    summary, rows, seconds, generated = test(setup_, show_progress)
     if not accelerator.is_main_process:
         accelerator.wait_for_everyone()
         return None
     weight_bytes = save_weights(setup_, run_dir)
-    summary, rows, seconds, generated = test(setup_, show_progress)
     metrics = write_results(setup_, run_dir, progress, summary, rows, seconds, generated, weight_bytes)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     accelerator.wait_for_everyone()
