@@ -80,6 +80,7 @@ class TrainConfig:
                 "T5 (it overflows)."
     )
     gradient_checkpointing: bool = setting(False, "Trade compute for memory (recomputes activations).")
+    compile: bool = setting(False, "torch.compile the training forward pass (GPUs; the first steps compile).")
     eval_every: int = setting(
         0, "Validate every N optimizer steps (0: at the end of each epoch and of training); the best "
            "validation ROUGE-1 selects the checkpoint that is tested."

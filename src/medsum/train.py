@@ -209,7 +209,8 @@ def micro_batches_for_step(step: int, cfg: RunConfig, lengths: list[int], rank: 
     return out
 
 
-def _train_step(setup_: Setup, model, optimizer, scheduler, rows: list[list[dict]]) -> tuple[float, int]:
+def _train_step(setup_: Setup, model, optimizer, scheduler, rows: list[list[dict]],
+                forward=None) -> tuple[float, int]:
     """One optimizer step over this rank's micro-batches; returns (global mean token loss, real tokens seen).
 
     The loss is the mean over every label token of the global batch, whatever the split across processes and
@@ -231,7 +232,7 @@ def _train_step(setup_: Setup, model, optimizer, scheduler, rows: list[list[dict
         real_tokens += n_tokens + int(batch["attention_mask"].sum())
         sync = accelerator.no_sync(model) if i < len(batches) - 1 else _nullcontext()
         with sync, accelerator.autocast():
-            mean_loss = model(**batch).loss
+            mean_loss = (forward or model)(**batch).loss
         # DDP averages gradients over processes, hence the world_size factor
         scaled = mean_loss * n_tokens * accelerator.num_processes / global_tokens
         accelerator.backward(scaled)
@@ -301,8 +302,14 @@ def _truncate_log(path: Path, last_step: int) -> None:
     """Keeps the log lines up to a resumed checkpoint's step (the rerun writes the rest again)."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= last_step]
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # the half-written last line of a killed run
+            continue
+        if row.get("step", 0) <= last_step:
+            kept.append(line)
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
@@ -318,6 +325,7 @@ def train_loop(setup_: Setup, run_dir: Path, show_progress: bool = True) -> Prog
     steps, per_epoch = total_steps(cfg, len(setup_.encoded["train"]), accelerator.num_processes)
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(steps * cfg.train.warmup_ratio), steps)
     model, optimizer = accelerator.prepare(model, optimizer)
+    forward = torch.compile(model) if cfg.train.compile else model  # generation keeps the eager module
     progress, best_weights, start = Progress(), None, 0
     log_path = run_dir / "train_log.jsonl"
 
@@ -346,7 +354,7 @@ def train_loop(setup_: Setup, run_dir: Path, show_progress: bool = True) -> Prog
         indices = micro_batches_for_step(step, cfg, lengths, accelerator.process_index, accelerator.num_processes,
                                          batch_cache)
         rows = [[setup_.encoded["train"][i] for i in micro] for micro in indices]
-        loss, tokens = _train_step(setup_, model, optimizer, scheduler, rows)
+        loss, tokens = _train_step(setup_, model, optimizer, scheduler, rows, forward)
         progress.train_seconds += time.perf_counter() - t0
         progress.train_tokens += int(accelerator.reduce(torch.tensor(tokens, device=accelerator.device),
                                                         reduction="sum"))
