@@ -93,6 +93,7 @@ class Progress:
 def _make_accelerator(precision: str):
     import torch
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedDataParallelKwargs
 
     on_gpu = torch.cuda.is_available()
@@ -101,6 +102,8 @@ def _make_accelerator(precision: str):
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
     # Frozen base weights never get gradients: tell DDP so instead of letting it guess (PITFALLS.md).
     ddp = DistributedDataParallelKwargs(find_unused_parameters=False)
+    # a study runs many runs in one process, possibly at different precisions; the process group (PartialState) stays
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=mixed, cpu=not on_gpu, kwargs_handlers=[ddp])
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     return accelerator, precision, dtype
