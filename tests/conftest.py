@@ -113,14 +113,14 @@ def tiny_tokenizer(tiny_source):
 
 @pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory, data_dir) -> dict[str, Path]:
-    """One finished tiny run per method (seeds differ per method), trained once per session."""
-    from medsum.train import run
+    """One finished tiny run per method (seeds differ per method), trained once per session through the CLI's
+    entry point, as a user would: ``medsum train --quiet key=value ...``."""
+    from medsum.cli import main
 
     root = tmp_path_factory.mktemp("runs")
     runs = {}
     for method, seed in METHOD_SEEDS.items():
-        cfg = tiny_run_config(root / method, method, f"seed={seed}")
-        metrics = run(cfg, show_progress=False)
-        assert metrics is not None and metrics["status"] == "done"
+        assert main(["train", "--quiet", *tiny_overrides(root / method, method, f"seed={seed}")]) == 0
+        assert json.loads((root / method / "metrics.json").read_text())["status"] == "done"
         runs[method] = root / method
     return runs
