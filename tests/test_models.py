@@ -185,3 +185,16 @@ def test_tiny_model_dir_is_cached(tiny_splits, tiny_source):
     again = tiny_model_dir([t for e in tiny_splits["train"] for t in (e.source, e.target)])
     assert again == tiny_source
     assert (tiny_source / "config.json").stat().st_mtime_ns == stamp
+
+
+def test_hub_config_is_used_when_reachable_and_must_agree(monkeypatch):
+    import transformers
+
+    hub = flan_t5_config("google/flan-t5-small")
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", lambda name, **kwargs: hub)
+    assert load_config("google/flan-t5-small") is hub
+    different = flan_t5_config("google/flan-t5-small")
+    different.d_ff = 2048
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", lambda name, **kwargs: different)
+    with pytest.raises(MedsumError, match="d_ff"):
+        load_config("google/flan-t5-small")
