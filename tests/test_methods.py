@@ -1,0 +1,190 @@
+"""Adaptation methods on the tiny model: exactly the right parameters train and every one of them learns (issue 3),
+and the PEFT pitfalls of PITFALLS.md stay fixed (prompt tuning with beams, decoder_attention_mask, dead prompts)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medsum.config import load_run_config
+from medsum.data import collate, tokenize
+from medsum.errors import MedsumError
+from medsum.evaluate import generate_texts, generation_kwargs
+from medsum.methods import METHODS, ModelContext
+from medsum.models import count_parameters, load_pretrained
+
+D_MODEL = 64  # models.TINY_ARCHITECTURE
+
+
+def wrapped(tiny_source, method: str, *overrides: str, model=None):
+    cfg = load_run_config(None, [f"method.name={method}", *overrides])
+    base = model if model is not None else load_pretrained(str(tiny_source))
+    torch.manual_seed(0)
+    return METHODS[method].apply(base, cfg.method, ModelContext("tiny", str(tiny_source), ("q", "v"))), cfg.method
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_splits, tiny_tokenizer):
+    """Two real training examples, short, labels padded with -100."""
+    encoded = tokenize(tiny_splits["train"][:2], tiny_tokenizer, "summarize: ", 48, 24)
+    return collate(encoded, tiny_tokenizer.pad_token_id)
+
+
+def trainable(model) -> dict[str, torch.nn.Parameter]:
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def backward(model, batch) -> None:
+    model.train()
+    model.zero_grad(set_to_none=True)
+    loss = model(**batch).loss
+    assert torch.isfinite(loss)
+    loss.backward()
+
+
+def without_gradient(model) -> list[str]:
+    return [name for name, p in trainable(model).items() if p.grad is None or not p.grad.abs().sum() > 0]
+
+
+def test_registry_names_the_three_methods():
+    assert set(METHODS) == {"lora", "prompt_tuning", "full"}
+    assert [METHODS[m].saves_adapter for m in ("lora", "prompt_tuning", "full")] == [True, True, False]
+
+
+def test_default_learning_rates_follow_mission():
+    assert METHODS["lora"].default_learning_rate("google/flan-t5-large") == 3e-4
+    assert METHODS["prompt_tuning"].default_learning_rate("google/flan-t5-large") == 3e-2
+    full = METHODS["full"].default_learning_rate
+    assert [full(f"google/flan-t5-{size}") for size in ("small", "base", "large", "xl")] == [5e-5, 3e-5, 2e-5, 2e-5]
+    assert full("tiny") == 5e-5
+
+
+@pytest.mark.xfail(strict=True, reason="core bug: full.default_learning_rate matches 'base'/'large'/'xl' anywhere in "
+                                       "the model name, so a local flan-t5-small under /data/database/ trains at "
+                                       "the base model's 3e-5")
+def test_full_learning_rate_reads_the_model_size_not_the_folder_path():
+    assert METHODS["full"].default_learning_rate("/data/database/flan-t5-small") == 5e-5
+    assert METHODS["full"].default_learning_rate("/mnt/large-disk/flan-t5-small") == 5e-5
+
+
+# ---------------------------------------------------------------------------------------------- gradients
+
+
+def test_lora_trains_only_adapters_and_every_one_learns(tiny_source, batch):
+    model, _ = wrapped(tiny_source, "lora")
+    params = trainable(model)
+    assert params and all("lora_A" in name or "lora_B" in name for name in params)
+    assert count_parameters(model)["trainable"] == 12 * 16 * (D_MODEL + D_MODEL)  # q, v in 6 attentions, r=16
+    backward(model, batch)
+    # lora_B starts at zero, so on step 1 only lora_B receives a gradient ...
+    assert [n for n in without_gradient(model) if "lora_B" in n] == []
+    assert all(p.grad is None or not p.grad.any() for n, p in params.items() if "lora_A" in n)
+    torch.optim.AdamW(params.values(), lr=1e-2).step()
+    # ... and once B moved, every adapter weight does
+    backward(model, batch)
+    assert without_gradient(model) == []
+
+
+def test_lora_with_gradient_checkpointing_still_trains(tiny_source, batch):
+    base = load_pretrained(str(tiny_source))
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model, _ = wrapped(tiny_source, "lora", model=base)
+    model.enable_input_require_grads()
+    backward(model, batch)
+    assert [n for n in without_gradient(model) if "lora_B" in n] == []
+
+
+def test_prompt_tuning_trains_only_the_encoder_prompt(tiny_source, batch):
+    model, cfg = wrapped(tiny_source, "prompt_tuning", "method.num_virtual_tokens=20")
+    params = trainable(model)
+    assert list(params) == ["prompt_encoder.default.embedding.weight"]
+    assert params["prompt_encoder.default.embedding.weight"].shape == (20, D_MODEL)  # not 40: no decoder prompts
+    assert count_parameters(model)["trainable"] == 20 * D_MODEL
+    assert model.peft_config["default"].num_transformer_submodules == 1
+    backward(model, batch)
+    assert without_gradient(model) == []
+    grad = params["prompt_encoder.default.embedding.weight"].grad
+    assert (grad.abs().sum(dim=1) > 0).all(), "every virtual token receives a gradient"
+
+
+def test_prompt_tuning_text_init_uses_the_init_text(tiny_source, tiny_tokenizer):
+    model, cfg = wrapped(tiny_source, "prompt_tuning", "method.num_virtual_tokens=4", "method.init_text=cancer cells")
+    prompt = model.prompt_encoder["default"].embedding.weight
+    text_ids = tiny_tokenizer("cancer cells", add_special_tokens=False)["input_ids"]
+    first = model.get_input_embeddings().weight[text_ids[0]]
+    assert torch.allclose(prompt[0], first)
+
+
+def test_full_fine_tuning_trains_every_parameter(tiny_source, batch):
+    model, _ = wrapped(tiny_source, "full")
+    counts = count_parameters(model)
+    assert counts["trainable"] == counts["total"]
+    assert model.lm_head.weight is not model.shared.weight
+    backward(model, batch)
+    assert without_gradient(model) == []
+
+
+# ---------------------------------------------------------------------------------------------- PEFT pitfalls
+
+
+def test_prompt_tuning_generates_with_beams(tiny_source, batch, tiny_tokenizer):
+    model, _ = wrapped(tiny_source, "prompt_tuning", "method.num_virtual_tokens=5")
+    model.eval()
+    with torch.no_grad():
+        out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], num_beams=4,
+                             max_new_tokens=6, min_new_tokens=2)
+    assert out.shape[0] == 2 and 3 <= out.shape[1] <= 7
+    settings = generation_kwargs(4, 2.0, 3, 2, 6)
+    texts, generated = generate_texts(model, tiny_tokenizer, [r.tolist() for r in batch["input_ids"]], settings, 2,
+                                      "cpu")
+    assert len(texts) == 2 and generated >= 4
+
+
+def test_prompt_tuning_prompt_reaches_the_encoder(tiny_source, batch):
+    base = load_pretrained(str(tiny_source)).eval()
+    with torch.no_grad():
+        plain = base(**batch).logits
+    model, _ = wrapped(tiny_source, "prompt_tuning", "method.num_virtual_tokens=5", model=base)
+    model.eval()
+    with torch.no_grad():
+        prompted = model(**batch).logits
+    assert prompted.shape == plain.shape  # the prompt lengthens the encoder input only
+    assert not torch.allclose(prompted, plain)
+
+
+def test_prompt_tuning_accepts_decoder_attention_mask(tiny_source, batch):
+    """Regression for peft #439/#674: the decoder attention mask was once extended by the prompt length."""
+    model, _ = wrapped(tiny_source, "prompt_tuning", "method.num_virtual_tokens=5")
+    model.eval()
+    labels = batch["labels"]
+    with torch.no_grad():
+        masked = model(**batch, decoder_attention_mask=(labels != -100).long()).loss
+        one = {k: v[:1] for k, v in batch.items()}
+        full_width = (one["labels"] != -100).sum()
+        one = {**{k: v for k, v in one.items() if k != "labels"}, "labels": one["labels"][:, :full_width]}
+        with_mask = model(**one, decoder_attention_mask=torch.ones_like(one["labels"])).loss
+        without = model(**one).loss
+    assert torch.isfinite(masked)
+    assert with_mask.item() == pytest.approx(without.item(), rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- LoRA targets
+
+
+@pytest.mark.parametrize("targets, resolved, count", [
+    (None, ["q", "v"], 12 * 16 * 128),
+    ("[q,k,v,o]", ["k", "o", "q", "v"], 24 * 16 * 128),
+    # every linear layer but lm_head: q,k,v,o (64->64), wi_0, wi_1 (64->128), wo (128->64); 2+2 blocks, cross-attn
+    ("[all-linear]", ["k", "o", "q", "v", "wi_0", "wi_1", "wo"], 86_016),
+])
+def test_lora_target_modules_are_resolved_and_recorded(tiny_source, targets, resolved, count):
+    overrides = [f"method.target_modules={targets}"] if targets else []
+    model, cfg = wrapped(tiny_source, "lora", *overrides)
+    assert METHODS["lora"].describe(model, cfg) == {"resolved_target_modules": resolved}
+    assert count_parameters(model)["trainable"] == count
+    assert not any("lm_head" in n for n in trainable(model))
+
+
+def test_lora_unknown_target_module_is_a_clear_error(tiny_source):
+    with pytest.raises(MedsumError, match=r"method.target_modules=\['nope'\]"):
+        wrapped(tiny_source, "lora", "method.target_modules=[nope]")
