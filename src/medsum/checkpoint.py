@@ -64,6 +64,10 @@ def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, train_st
     from safetensors.torch import save_file
 
     root.mkdir(parents=True, exist_ok=True)
+    # checkpoints past this step belong to an attempt we could not resume from (damaged): never keep them over this one
+    for later_step, path in list_checkpoints(root):
+        if later_step > step:
+            shutil.rmtree(path, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(dir=root, prefix=f".step-{step}-"))
     save_file(trainable_state(model), str(staging / "trainable.safetensors"))
     if best_weights is not None:

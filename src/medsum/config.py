@@ -256,7 +256,9 @@ def build_dataclass(cls: type, values: dict, prefix: str, errors: list[str]) -> 
     for key, value in values.items():
         dotted = f"{prefix}{key}"
         if key not in known:
-            errors.append(unknown_key_message(dotted))
+            # a misspelled section (`trian.max_steps`) is reported by its full keys, so the nearest can be suggested
+            nested = flatten(value, f"{dotted}.") if isinstance(value, dict) and value else {dotted: value}
+            errors.extend(unknown_key_message(k) for k in nested)
             continue
         kwargs[key] = coerce(dotted, hints[key], value, errors)
     return cls(**kwargs)
@@ -363,8 +365,10 @@ def config_from_dict(tree: dict, source: str = "config") -> RunConfig:
                               f"(its settings: {', '.join(sorted(method_keys - {'name'})) or 'none'})")
                 del method_values[key]
         cfg.method = build_dataclass(method_cls, method_values, "method.", errors)
-    if not errors:
+    try:  # value checks run even after unknown keys, so that every problem is reported at once
         _validate_values(cfg, errors)
+    except TypeError:  # a value of the wrong type, already reported
+        pass
     if errors:
         raise MedsumError(f"{source}: " + "; ".join(errors))
     return cfg

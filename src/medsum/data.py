@@ -173,8 +173,16 @@ def load_splits(cfg: DataConfig) -> dict[str, list[Example]]:
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of what maps text to ids (vocabulary, normaliser, pre-tokenizer, post-processor), leaving out the
+    truncation and padding state that each call to the tokenizer changes."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        text = json.dumps(state, sort_keys=True)
+    else:
+        text = repr(sorted(tokenizer.get_vocab().items()))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 

@@ -21,7 +21,7 @@ def apply(model, cfg: FullConfig, ctx: ModelContext):
 
 def default_learning_rate(model_name: str) -> float:
     # MISSION.md: 5e-5 / 3e-5 / 2e-5 for the small / base / large (and larger) checkpoints.
-    name = model_name.lower()
+    name = model_name.rstrip("/").rsplit("/", 1)[-1].lower()  # the model's own name, not its folder path
     if "large" in name or "xl" in name:
         return 2e-5
     if "base" in name:
