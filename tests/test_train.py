@@ -149,8 +149,8 @@ def test_train_log(tiny_runs, method):
     assert [row["step"] for row in steps] == [1, 2]
     assert all(math.isfinite(row["loss"]) and row["loss"] > 0 for row in steps)
     assert all(row["world_size"] == 1 for row in steps)
-    # linear schedule, 1 warm-up step of 2, logged after each step (as transformers' Trainer does): peak, then 0
-    assert [row["learning_rate"] for row in steps] == pytest.approx([LEARNING_RATES[method], 0.0])
+    # linear schedule, 1 warm-up step of 2; each line logs the rate its step trained at: warm-up from 0, then peak
+    assert [row["learning_rate"] for row in steps] == pytest.approx([0.0, LEARNING_RATES[method]])
     validations = [row for row in log if row.get("event") == "validation"]
     assert [row["step"] for row in validations] == [2]
     assert validations[0]["validation_rouge1"] == pytest.approx(metrics_of(tiny_runs[method])["validation"]["rouge1"])

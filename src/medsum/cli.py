@@ -131,6 +131,9 @@ def cmd_train(args) -> int:
     path, overrides = _split_config_and_overrides(args.items)
     cfg = load_run_config(path, overrides)
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        from medsum.train import check_inputs
+
+        check_inputs(cfg)
         return _launch_processes(args.nproc, args.items, args)
     if is_finished(cfg.run_dir) and not args.force:
         print(f"run already finished: {cfg.run_dir / 'metrics.json'} (nothing to do; --force retrains)")
@@ -239,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     except MedsumError as err:
         if args.debug:
             raise
-        print(f"medsum: error: {' '.join(str(err).split())}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # one message, not one per process
+            print(f"medsum: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("medsum: interrupted", file=sys.stderr)

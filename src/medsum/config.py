@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import tempfile
 import types
@@ -296,6 +297,11 @@ def _validate_values(cfg: RunConfig, errors: list[str]) -> None:
             errors.append(message)
 
     d, t, g = cfg.data, cfg.train, cfg.generate
+    check(0 <= cfg.seed < 2**32, f"seed must be in [0, 2**32), got {cfg.seed}")
+    for name, section in (("train", t), ("generate", g), ("method", cfg.method)):
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            check(not isinstance(value, float) or math.isfinite(value), f"{name}.{f.name} must be finite, got {value}")
     check(d.max_source_tokens > 0, f"data.max_source_tokens must be > 0, got {d.max_source_tokens}")
     check(d.max_target_tokens > 0, f"data.max_target_tokens must be > 0, got {d.max_target_tokens}")
     for key in ("max_train_examples", "max_eval_examples"):
@@ -352,7 +358,7 @@ def config_from_dict(tree: dict, source: str = "config") -> RunConfig:
 
     method_values = dict(sections.get("method", {}))
     method_name = method_values.get("name", MethodConfig.name)
-    if method_name not in METHODS:
+    if not isinstance(method_name, str) or method_name not in METHODS:
         close = difflib.get_close_matches(str(method_name), list(METHODS), n=1)
         hint = f"; did you mean {close[0]}?" if close else ""
         errors.append(f"method.name: unknown method {method_name!r} (known: {', '.join(METHODS)}){hint}")

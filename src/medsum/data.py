@@ -73,9 +73,13 @@ def _records_table(path: Path) -> Iterator[tuple[int, Any]]:
 def read_examples(path: Path, cfg: DataConfig, split: str) -> list[Example]:
     """Every record of one local file as Examples; a bad record names the file and line."""
     reader = _records_table if _suffix(path) in (".csv", ".parquet") else _records_jsonl
-    examples = []
+    examples, first_seen = [], {}
     for line_number, record in reader(path):
-        examples.append(_to_example(record, cfg, f"{path} line {line_number}", f"{split}-{len(examples)}"))
+        example = _to_example(record, cfg, f"{path} line {line_number}", f"{split}-{len(examples)}")
+        if example.id in first_seen:  # reports and paired tests key on the id
+            raise MedsumError(f"{path} line {line_number}: id {example.id!r} repeats line {first_seen[example.id]}")
+        first_seen[example.id] = line_number
+        examples.append(example)
     if not examples:
         raise MedsumError(f"{path}: no records (the file is empty)")
     return examples

@@ -248,6 +248,8 @@ def resolve_model_source(name: str, train_texts: list[str]) -> str:
     """Where the weights come from: the tiny cache directory, a local directory, or a hub id."""
     if name == "tiny":
         return str(tiny_model_dir(train_texts))
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
     if not Path(name).is_dir():
         if name.startswith(("/", ".", "~")) or Path(name).exists():
             raise MedsumError(f"model.name: no such local model directory: {name}")

@@ -27,7 +27,7 @@ from typing import Any
 
 from medsum import checkpoint as ckpt
 from medsum.config import RunConfig, atomic_write_text, save_run_config
-from medsum.data import collate, length_grouped_batches, load_splits, steps_per_epoch, tokenize
+from medsum.data import collate, length_grouped_batches, load_splits, tokenize
 from medsum.errors import MedsumError
 from medsum.evaluate import (
     ROUGE_KEYS,
@@ -124,6 +124,13 @@ def resolve_config(cfg: RunConfig, family, precision: str) -> RunConfig:
     return resolved
 
 
+def check_inputs(cfg: RunConfig) -> None:
+    """The input checks of setup() that need no model weights: data and model name (used before launching
+    processes, so that a typo is one line from the launcher, not one per process)."""
+    splits = load_splits(cfg.data)
+    resolve_model_source(cfg.model.name, [t for e in splits["train"] for t in (e.source, e.target)])
+
+
 def setup(cfg: RunConfig) -> Setup:
     """Loads data, tokenizer and model and wraps the model with the method; raises MedsumError on bad input."""
     import torch
@@ -154,6 +161,11 @@ def setup(cfg: RunConfig) -> Setup:
     params = parameter_report(base_params, model)
     if params["trainable"] == 0:
         raise MedsumError(f"method {cfg.method.name} left no trainable parameters")
+    if cfg.run_dir.exists() and not cfg.run_dir.is_dir():
+        raise MedsumError(f"output_dir: {cfg.run_dir} exists and is not a directory")
+    if len(splits["train"]) < accelerator.num_processes:
+        raise MedsumError(f"{len(splits['train'])} training examples cannot be shared by "
+                          f"{accelerator.num_processes} processes")
     token_cache = cache_dir() / "tokenized"
     encoded = {split: tokenize(examples, tokenizer, cfg.data.prefix, cfg.data.max_source_tokens,
                                cfg.data.max_target_tokens, cache=token_cache)
@@ -177,9 +189,12 @@ def _optimizer(model, cfg: RunConfig):
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.train.learning_rate, fused=fused)
 
 
-def total_steps(cfg: RunConfig, n_train: int, world_size: int) -> tuple[int, int]:
-    micro_batch = cfg.train.batch_size * world_size
-    per_epoch = steps_per_epoch(n_train, micro_batch * cfg.train.grad_accum)
+def total_steps(cfg: RunConfig, lengths: list[int], world_size: int) -> tuple[int, int]:
+    """(optimizer steps to run, optimizer steps per epoch): an epoch is one pass over the micro-batches that
+    micro_batches_for_step draws (as in transformers, a partial accumulation at an epoch's end does not count)."""
+    global_size = cfg.train.batch_size * world_size
+    micro_batches = len([b for b in length_grouped_batches(lengths, global_size, cfg.seed, 0) if len(b) >= world_size])
+    per_epoch = max(1, micro_batches // cfg.train.grad_accum)
     steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * per_epoch))
     return steps, per_epoch
 
@@ -207,8 +222,7 @@ def micro_batches_for_step(step: int, cfg: RunConfig, lengths: list[int], rank: 
             cache["epoch"] = epoch + 1
             del cache["batches"]
         batch = cache["batches"][index - cache["offset"]]
-        share = math.ceil(len(batch) / world_size)
-        out.append(batch[rank * share:(rank + 1) * share])
+        out.append(batch[rank::world_size])  # never empty: batches smaller than world_size were dropped
     return out
 
 
@@ -325,7 +339,8 @@ def train_loop(setup_: Setup, run_dir: Path, show_progress: bool = True) -> Prog
     cfg, accelerator = setup_.cfg, setup_.accelerator
     model = setup_.model
     optimizer = _optimizer(model, cfg)
-    steps, per_epoch = total_steps(cfg, len(setup_.encoded["train"]), accelerator.num_processes)
+    lengths = [len(r["input_ids"]) + len(r["labels"]) for r in setup_.encoded["train"]]
+    steps, per_epoch = total_steps(cfg, lengths, accelerator.num_processes)
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(steps * cfg.train.warmup_ratio), steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     forward = torch.compile(model) if cfg.train.compile else model  # generation keeps the eager module
@@ -347,16 +362,16 @@ def train_loop(setup_: Setup, run_dir: Path, show_progress: bool = True) -> Prog
     elif accelerator.is_main_process:
         log_path.unlink(missing_ok=True)
 
-    lengths = [len(r["input_ids"]) + len(r["labels"]) for r in setup_.encoded["train"]]
     batch_cache: dict = {}
     bar = tqdm(total=steps, initial=start, desc=f"train {cfg.run_name}", unit="step",
                disable=not (show_progress and accelerator.is_main_process), dynamic_ncols=True)
     model.train()
-    for step in range(start, steps):
+    for step in range(start, steps if not progress.stopped_early else start):
         t0 = time.perf_counter()
         indices = micro_batches_for_step(step, cfg, lengths, accelerator.process_index, accelerator.num_processes,
                                          batch_cache)
         rows = [[setup_.encoded["train"][i] for i in micro] for micro in indices]
+        step_learning_rate = scheduler.get_last_lr()[0]  # the rate this step trains at (read before it steps)
         loss, tokens = _train_step(setup_, model, optimizer, scheduler, rows, forward)
         progress.train_seconds += time.perf_counter() - t0
         progress.train_tokens += int(accelerator.reduce(torch.tensor(tokens, device=accelerator.device),
@@ -369,7 +384,7 @@ def train_loop(setup_: Setup, run_dir: Path, show_progress: bool = True) -> Prog
                 f"(train.learning_rate={cfg.train.learning_rate:g}); the last good checkpoint is kept")
         if accelerator.is_main_process and (done % cfg.train.log_every == 0 or done == steps):
             _append_log(log_path, {"step": done, "epoch": round(done / per_epoch, 4), "loss": loss,
-                                   "learning_rate": scheduler.get_last_lr()[0],
+                                   "learning_rate": step_learning_rate,
                                    "world_size": accelerator.num_processes})
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}")
@@ -474,13 +489,31 @@ def _hardware(accelerator) -> dict[str, Any]:
             "torch_threads": torch.get_num_threads()}
 
 
+def reset_peak_memory() -> None:
+    """Starts this run's peak-memory reading afresh (a study runs many runs in one process)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets the process's peak resident set (VmHWM)
+    except OSError:
+        pass
+
+
 def peak_memory_bytes() -> int:
-    """Peak CUDA memory allocated on a GPU (the peak, not the end-of-step reading); peak RSS of the process on CPU."""
+    """Peak CUDA memory allocated on a GPU (the peak, not the end-of-step reading); peak RSS of the process on CPU
+    since reset_peak_memory."""
     import torch
 
     if torch.cuda.is_available():
         return int(torch.cuda.max_memory_allocated())
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
+    except (OSError, StopIteration, ValueError):
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
 def _versions() -> dict[str, str]:
@@ -553,6 +586,7 @@ def run(cfg: RunConfig, force: bool = False, show_progress: bool = True) -> dict
     run_dir = cfg.run_dir
     if is_finished(run_dir) and not force:
         return None
+    reset_peak_memory()
     setup_ = setup(cfg)  # every input error surfaces here, before anything is written
     cfg = setup_.cfg
     accelerator = setup_.accelerator
