@@ -59,7 +59,8 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, train_state: dict[str, Any],
-                    best_weights: dict[str, Any] | None, keep: int) -> Path:
+                    best_weights: dict[str, Any] | None, keep: int, rng_states: list[dict] | None = None) -> Path:
+    """Writes step-N; ``rng_states`` holds every process's RNG state (rank order), default this process's."""
     import torch
     from safetensors.torch import save_file
 
@@ -72,7 +73,7 @@ def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, train_st
     save_file(trainable_state(model), str(staging / "trainable.safetensors"))
     if best_weights is not None:
         save_file(best_weights, str(staging / "best.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_states or [rng_state()]},
                staging / "optimizer.pt")
     (staging / "state.json").write_text(json.dumps({**train_state, "step": step}))
     final = root / f"step-{step}"

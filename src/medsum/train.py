@@ -156,6 +156,8 @@ def setup(cfg: RunConfig) -> Setup:
     method = METHODS[cfg.method.name]
     context = ModelContext(cfg.model.name, source, family.lora_targets)
     model = method.apply(model, cfg.method, context)
+    # new weights start equal on every process; dropout must not: one seed per process from here on
+    set_seed(cfg.seed, device_specific=True)
     if cfg.train.gradient_checkpointing and method.saves_adapter:
         model.enable_input_require_grads()
     params = parameter_report(base_params, model)
@@ -333,6 +335,7 @@ def _truncate_log(path: Path, last_step: int) -> None:
 def train_loop(setup_: Setup, run_dir: Path, show_progress: bool = True) -> Progress:
     """Trains with validation-based selection; leaves the best weights in the model."""
     import torch
+    from accelerate.utils import gather_object
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
@@ -352,7 +355,7 @@ def train_loop(setup_: Setup, run_dir: Path, show_progress: bool = True) -> Prog
         ckpt.load_trainable_state(_unwrap(setup_, model), resumed["trainable"])
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
-        ckpt.restore_rng_state(resumed["rng"])
+        ckpt.restore_rng_state(resumed["rng"][accelerator.process_index])
         state = resumed["state"]
         progress = Progress(**{k: v for k, v in state.items() if k in Progress.__dataclass_fields__})
         best_weights, start = resumed["best"], state["step"]
@@ -407,10 +410,12 @@ def train_loop(setup_: Setup, run_dir: Path, show_progress: bool = True) -> Prog
             patience = cfg.train.early_stopping_patience
             if patience and progress.evals_without_improvement >= patience and done < steps:
                 progress.stopped_early = True
-        if cfg.train.save_every and done % cfg.train.save_every == 0 and done < steps \
-                and accelerator.is_main_process:
-            ckpt.save_checkpoint(run_dir / "checkpoints", done, _unwrap(setup_, model), optimizer, scheduler,
-                                 dataclasses.asdict(progress), best_weights, cfg.train.keep_checkpoints)
+        if cfg.train.save_every and done % cfg.train.save_every == 0 and done < steps:
+            rng_states = gather_object([ckpt.rng_state()])  # each process's dropout stream resumes as its own
+            if accelerator.is_main_process:
+                ckpt.save_checkpoint(run_dir / "checkpoints", done, _unwrap(setup_, model), optimizer, scheduler,
+                                     dataclasses.asdict(progress), best_weights, cfg.train.keep_checkpoints,
+                                     rng_states)
         accelerator.wait_for_everyone()
         if progress.stopped_early:
             break
