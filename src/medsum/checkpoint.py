@@ -73,8 +73,8 @@ def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, train_st
     save_file(trainable_state(model), str(staging / "trainable.safetensors"))
     if best_weights is not None:
         save_file(best_weights, str(staging / "best.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_states or [rng_state()]},
-               staging / "optimizer.pt")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": rng_states or [rng_state()]}, staging / "optimizer.pt")
     (staging / "state.json").write_text(json.dumps({**train_state, "step": step}))
     final = root / f"step-{step}"
     if final.exists():
