@@ -179,7 +179,8 @@ def test_test_step_keeps_empty_predictions(monkeypatch):
     setup = types.SimpleNamespace(
         cfg=load_run_config(None, ["generate.num_beams=1"]), splits={"test": examples},
         encoded={"test": [{"input_ids": [5, 1], "labels": [1]}] * 3}, model=None, tokenizer=None,
-        accelerator=types.SimpleNamespace(is_main_process=True, device="cpu"), autocast_dtype=None)
+        accelerator=types.SimpleNamespace(is_main_process=True, process_index=0, num_processes=1, device="cpu",
+                                          unwrap_model=lambda model: model), autocast_dtype=None)
     summary, rows, _, generated = train.test(setup, show_progress=False)
     assert [r["id"] for r in rows] == ["id-0", "id-1", "id-2"]
     assert [r["prediction"] for r in rows] == outputs

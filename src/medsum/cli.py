@@ -225,7 +225,22 @@ COMMANDS = {"train": cmd_train, "params": cmd_params, "study": cmd_study, "demo"
             "summarize": cmd_summarize, "export": cmd_export, "serve": cmd_serve}
 
 
+def _offline_when_hub_unreachable() -> None:
+    """Without a route to the model hub, go offline before huggingface_hub is imported: otherwise every hub name
+    costs tens of seconds of connection retries before the shipped Flan-T5 facts (or a clear error) are used."""
+    if "HF_HUB_OFFLINE" in os.environ:
+        return
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+    except OSError:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _offline_when_hub_unreachable()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # overrides may come after options (`medsum train --force a=1 b=2`): gather the stragglers
