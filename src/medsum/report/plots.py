@@ -15,8 +15,8 @@ if TYPE_CHECKING:
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 ROUGE_NAMES = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum"}
-AXIS_NAMES = {"method.r": "LoRA rank r (log scale)", "method.num_virtual_tokens": "prompt length (virtual tokens, "
-              "log scale)", "train.learning_rate": "peak learning rate (log scale)"}
+AXIS_NAMES = {"method.r": "LoRA rank r", "method.num_virtual_tokens": "prompt length (virtual tokens)",
+              "train.learning_rate": "peak learning rate"}
 ROUGE_AXIS = "ROUGE-1 F1 (× 100)"
 MARKERS = "osD^vP*X"
 
@@ -90,7 +90,7 @@ def method_comparison(model: str, groups: list[Group]):
     axes.set_ylabel("test ROUGE F1 (× 100)")
     axes.set_xlabel("metric")
     axes.set_title(f"Methods on {model} (mean ± sd over {_seeds_text(groups)})")
-    axes.legend(title="method", fontsize="small")
+    axes.legend(title="method", fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axes.grid(axis="y", alpha=0.3)
     return figure
 
@@ -110,11 +110,16 @@ def sweep_plot(name: str, key: str, groups: list[Group]):
         stats = [g.stat("test", "rouge1") for g in members]
         axes.errorbar(xs, [m for m, _ in stats], yerr=[0.0 if sd != sd else sd for _, sd in stats], marker="o",
                       capsize=3, label=f"{method} on {model}")
-    if numeric and _spans_powers(groups):
-        axes.set_xscale("log", base=2)
+    label = AXIS_NAMES.get(key, key)
+    if numeric:
+        log = _spans_powers(groups)
+        if log:
+            axes.set_xscale("log", base=2)
+            label += " (log scale)"
         values = sorted({g.sweep_value for g in groups})
         axes.set_xticks(values, [f"{v:g}" for v in values])
-    axes.set_xlabel(AXIS_NAMES.get(key, key) if numeric and _spans_powers(groups) else key)
+        axes.minorticks_off()
+    axes.set_xlabel(label)
     axes.set_ylabel(ROUGE_AXIS)
     axes.set_title(f"Sensitivity: {name} (mean ± sd over {_seeds_text(groups)})")
     axes.legend(fontsize="small")
@@ -142,6 +147,8 @@ def efficiency_frontier(groups: list[Group]):
         if not isinstance(trainable, (int, float)) or trainable <= 0 or mean != mean:
             continue
         points.append((trainable, mean))
+        axes.annotate(group.setting or group.method, (trainable, mean), textcoords="offset points", xytext=(4, 4),
+                      fontsize="x-small")
         axes.errorbar([trainable], [mean], yerr=[0.0 if sd != sd else sd], capsize=3, linestyle="none",
                       marker=MARKERS[models.index(group.model) % len(MARKERS)],
                       color=colors[methods.index(group.method) % len(colors)])

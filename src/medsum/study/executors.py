@@ -13,6 +13,7 @@ import os
 import socket
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -93,9 +94,11 @@ def task_resources(cluster: dict[str, float], requested: dict[str, float]) -> di
     return {"num_cpus": 1.0, "num_gpus": 0.0}
 
 
-def _ray_task(cfg: RunConfig, cwd: str, env: dict[str, str]) -> str:
+def _ray_task(cfg: RunConfig, cwd: str, env: dict[str, str], quiet_warnings: bool) -> str:
     """The body of one Ray task: the driver's working directory (relative data paths) and settings, then the run."""
     os.environ.update(env)
+    if quiet_warnings:  # as the driver's CLI does without --debug
+        warnings.filterwarnings("ignore")
     if os.path.isdir(cwd):
         os.chdir(cwd)
     return execute_run(cfg, show_progress=False)
@@ -113,7 +116,8 @@ def run_ray(runs: list[PlannedRun], show_progress: bool = True, address: str | N
         print(f"ray: {len(runs)} tasks, each asking for {options}", flush=True)
         task = ray.remote(_ray_task).options(**options)
         env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
-        refs = {task.remote(planned.config, os.getcwd(), env): planned for planned in runs}
+        quiet = any(f[0] == "ignore" and f[2] is Warning for f in warnings.filters)
+        refs = {task.remote(planned.config, os.getcwd(), env, quiet): planned for planned in runs}
         return _collect(ray, refs, show_progress)
     finally:
         if started:
