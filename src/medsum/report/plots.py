@@ -39,7 +39,7 @@ def write_plots(report: Report, folder: Path) -> list[str]:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.-]+", "-", text.split("/")[-1]).strip("-") or "x"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text.split("/")[-1]).strip("-") or "x"
 
 
 def _save(figure, folder: Path, stem: str) -> list[str]:
