@@ -127,8 +127,10 @@ def run_ray(runs: list[PlannedRun], show_progress: bool = True, address: str | N
 def _init_ray(ray, address: str | None) -> None:
     import logging
 
+    # a local instance needs no dashboard; an existing cluster (or a ray:// client) keeps its own settings
+    options = {"include_dashboard": False} if address is None else {}
     try:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+        ray.init(address=address, logging_level=logging.WARNING, **options)
     except (ConnectionError, RuntimeError, ValueError) as err:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise MedsumError(f"cannot start or reach {where}: {' '.join(str(err).split())[:200]}") from None
