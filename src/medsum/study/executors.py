@@ -65,12 +65,20 @@ def record_failure(run_dir: Path, err: BaseException) -> None:
 def run_local(runs: list[PlannedRun], show_progress: bool = True) -> dict[str, str]:
     """Trains the runs one after the other in this process; returns run name -> done | failed."""
     statuses = {}
+    started = time.perf_counter()
     for i, planned in enumerate(runs, 1):
-        print(f"[{i}/{len(runs)}] {planned.name}", flush=True)
+        print(f"[{i}/{len(runs)}] {planned.name}{_eta(started, i - 1, len(runs))}", flush=True)
         statuses[planned.name] = execute_run(planned.config, show_progress)
         if statuses[planned.name] == "failed":
             print(f"[{i}/{len(runs)}] {planned.name} failed: {error_message(planned.config.run_dir)}", flush=True)
     return statuses
+
+
+def _eta(started: float, done: int, total: int) -> str:
+    if not done:
+        return ""
+    elapsed = time.perf_counter() - started
+    return f" ({elapsed:.0f} s so far, about {elapsed / done * (total - done):.0f} s to go)"
 
 
 # ---------------------------------------------------------------------------------------------- ray
