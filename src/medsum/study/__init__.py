@@ -1,0 +1,155 @@
+"""Studies: the whole comparison (models x methods x seeds, plus sweeps) from one YAML, resumable.
+
+``run_study(spec, DIR)`` validates every run before anything is written, locks DIR, trains each unfinished run
+into ``DIR/runs/<run>/`` with an executor (``study.executors``), then writes ``DIR/report/`` (``medsum.report``).
+Layout of a study directory:
+    study.yaml        the spec of the last ``study run`` (with its command line), for the record
+    .study.lock       held (flock) while a ``study run`` works here; .study.lock.json says by whom
+    runs/<run>/       one run directory each (see ``medsum.train`` and ``medsum.report.runs``)
+    report/           results.csv, summary.md, summary.tex, plots
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+
+from medsum.config import atomic_write_text, parse_override
+from medsum.errors import MedsumError
+from medsum.report.runs import MEMBERSHIP_FILE, RUNNING_FILE, load_runs, running_process
+from medsum.study.spec import PlannedRun, StudySpec, expand, load_spec
+
+__all__ = ["run_study", "run_spec", "status_table", "study_lock", "load_spec", "expand"]
+
+LOCK_FILE = ".study.lock"
+EXECUTORS = ("local", "ray")
+
+
+def run_study(spec_path: Path, output: Path, overrides: list[str], executor: str = "local",
+              ray_address: str | None = None, show_progress: bool = True) -> dict[str, str]:
+    """Runs every unfinished run of the study in ``spec_path`` into ``output`` and writes the report."""
+    spec = load_spec(spec_path)
+    command = " ".join(["medsum study run", str(spec_path), "--output", str(output), *overrides])
+    record = f"# {command}\n" + Path(spec_path).read_text(encoding="utf-8")
+    return run_spec(spec, output, overrides, executor, ray_address, show_progress, record)
+
+
+def run_spec(spec: StudySpec, output: Path, overrides: list[str], executor: str = "local",
+             ray_address: str | None = None, show_progress: bool = True, record: str | None = None) -> dict[str, str]:
+    """``run_study`` for a spec already in memory (the demo's); returns run name -> done | failed."""
+    from medsum.report import summary_text, write_report
+    from medsum.study import executors
+
+    if executor not in EXECUTORS:
+        raise MedsumError(f"unknown executor {executor!r} (known: {', '.join(EXECUTORS)})")
+    if executor == "ray":
+        executors.import_ray()  # a missing extra is refused before anything is written
+    output = Path(output).resolve()  # run configs record absolute paths: the same from any cwd and any Ray worker
+    runs = expand(spec, [parse_override(item) for item in overrides], output)
+    with study_lock(output):
+        _prepare(output, spec, runs, record or yaml.safe_dump(spec.__dict__, sort_keys=False))
+        pending = [run for run in runs if not (run.config.run_dir / "metrics.json").is_file()]
+        print(f"study {spec.name}: {len(runs)} runs, {len(runs) - len(pending)} already done, {len(pending)} to run "
+              f"({executor} executor) -> {output}", flush=True)
+        if executor == "ray":
+            statuses = executors.run_ray(pending, show_progress, ray_address, spec.ray)
+        else:
+            statuses = executors.run_local(pending, show_progress)
+        report = write_report(output)
+    print("\n" + summary_text(output) + f"\n\nreport: {report / 'summary.md'}", flush=True)
+    _raise_if_failed(statuses, len(runs), report)
+    return {run.name: statuses.get(run.name, "done") for run in runs}
+
+
+def _prepare(output: Path, spec: StudySpec, runs: list[PlannedRun], record: str) -> None:
+    """Records the spec, creates every run directory with its study membership, clears markers of dead runs."""
+    atomic_write_text(output / "study.yaml", record)
+    for planned in runs:
+        run_dir = planned.config.run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / MEMBERSHIP_FILE, json.dumps(planned.membership(spec.name), indent=2) + "\n")
+        # we hold the lock, so no other study run can be training here: any marker is left by a dead process
+        (run_dir / RUNNING_FILE).unlink(missing_ok=True)
+
+
+def _raise_if_failed(statuses: dict[str, str], total: int, report: Path) -> None:
+    failed = [name for name, status in statuses.items() if status == "failed"]
+    if failed:
+        shown = ", ".join(failed[:3]) + (f" and {len(failed) - 3} more" if len(failed) > 3 else "")
+        raise MedsumError(f"{len(failed)} of {total} runs failed ({shown}); reasons in runs/<run>/error.txt and "
+                          f"{report / 'summary.md'}; the same command again retries them")
+
+
+# ---------------------------------------------------------------------------------------------- lock
+
+
+@contextmanager
+def study_lock(output: Path) -> Iterator[None]:
+    """Holds ``output/.study.lock`` (flock: released by the kernel even if this process is killed)."""
+    output.mkdir(parents=True, exist_ok=True)
+    handle = open(output / LOCK_FILE, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise MedsumError(f"study directory {output} is locked: another `medsum study run` is working in it "
+                          f"({lock_holder(output)}); wait for it to finish or stop it") from None
+    try:
+        atomic_write_text(output / f"{LOCK_FILE}.json", json.dumps({"pid": os.getpid(),
+                                                                    "host": socket.gethostname()}))
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def lock_holder(output: Path) -> str:
+    try:
+        holder = json.loads((output / f"{LOCK_FILE}.json").read_text())
+        return f"pid {holder['pid']} on {holder['host']}"
+    except (OSError, ValueError, KeyError):
+        return "holder unknown"
+
+
+def is_locked(output: Path) -> bool:
+    path = output / LOCK_FILE
+    if not path.is_file():
+        return False
+    with open(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+# ---------------------------------------------------------------------------------------------- status
+
+
+def status_table(output: Path) -> str:
+    """The runs of a study as done / running / failed / pending, one line each."""
+    output = Path(output)
+    records = load_runs(output)
+    counts = {s: sum(r.status == s for r in records) for s in ("done", "running", "failed", "pending")}
+    lines = [f"{output}: {len(records)} runs, " + ", ".join(f"{n} {s}" for s, n in counts.items())]
+    if is_locked(output):
+        lines.append(f"a study run is working here ({lock_holder(output)})")
+    width = max([len(r.name) for r in records] + [3])
+    lines.append(f"{'run':<{width}}  {'status':<8}  {'ROUGE-1':>7}  detail")
+    for record in records:
+        rouge1 = record.metrics.get("test", {}).get("rouge1")
+        detail = record.error if record.status == "failed" else ""
+        if record.status == "running":
+            marker = running_process(record.path) or {}
+            detail = f"pid {marker.get('pid')} on {marker.get('host')}"
+        score = f"{rouge1:7.2f}" if isinstance(rouge1, (int, float)) else " " * 7
+        lines.append(f"{record.name:<{width}}  {record.status:<8}  {score}  {detail}".rstrip())
+    return "\n".join(lines)

@@ -1,0 +1,164 @@
+"""Executors: how a study's runs get trained. Both call ``medsum.train.run`` on the same run directories and
+record the same files, so a study can start under one executor and resume under the other.
+
+local: in this process, one run after the other.
+ray:   one Ray task per run (``pip install 'medsum[ray]'``), asking for 1 GPU when the cluster has GPUs, else 1 CPU
+       (the spec's ``ray: {num_cpus, num_gpus}`` overrides; fractions share a GPU between small runs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any
+
+from medsum.config import RunConfig, atomic_write_text
+from medsum.errors import MedsumError
+from medsum.report.runs import ERROR_FILE, RUNNING_FILE, error_message
+from medsum.study.spec import PlannedRun
+
+# variables a Ray worker on another node needs to find data, caches and offline mode as the driver does
+FORWARDED_ENV_PREFIXES = ("HF_", "MEDSUM_", "TRANSFORMERS_", "TOKENIZERS_")
+
+
+def execute_run(cfg: RunConfig, show_progress: bool = True) -> str:
+    """Trains one run; ``running.json`` marks it while it works and ``error.txt`` keeps why it failed.
+
+    A failure is recorded and returned ("failed"), never raised, so one bad run does not stop a study;
+    KeyboardInterrupt still stops everything.
+    """
+    from medsum import train
+
+    run_dir = cfg.run_dir
+    if train.is_finished(run_dir):
+        return "done"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / ERROR_FILE).unlink(missing_ok=True)
+    marker = run_dir / RUNNING_FILE
+    atomic_write_text(marker, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}))
+    try:
+        train.run(cfg, show_progress=show_progress)
+        return "done"
+    except Exception as err:  # any failure of one run is that run's, recorded for the report and the retry
+        record_failure(run_dir, err)
+        return "failed"
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def record_failure(run_dir: Path, err: BaseException) -> None:
+    message = " ".join(str(err).split()) or type(err).__name__
+    if not isinstance(err, MedsumError):
+        message = f"{type(err).__name__}: {message}"
+    details = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    atomic_write_text(run_dir / ERROR_FILE, f"{message}\n\n{details}")
+
+
+# ---------------------------------------------------------------------------------------------- local
+
+
+def run_local(runs: list[PlannedRun], show_progress: bool = True) -> dict[str, str]:
+    """Trains the runs one after the other in this process; returns run name -> done | failed."""
+    statuses = {}
+    started = time.perf_counter()
+    for i, planned in enumerate(runs, 1):
+        print(f"[{i}/{len(runs)}] {planned.name}{_eta(started, i - 1, len(runs))}", flush=True)
+        statuses[planned.name] = execute_run(planned.config, show_progress)
+        if statuses[planned.name] == "failed":
+            print(f"[{i}/{len(runs)}] {planned.name} failed: {error_message(planned.config.run_dir)}", flush=True)
+    return statuses
+
+
+def _eta(started: float, done: int, total: int) -> str:
+    if not done:
+        return ""
+    elapsed = time.perf_counter() - started
+    return f" ({elapsed:.0f} s so far, about {elapsed / done * (total - done):.0f} s to go)"
+
+
+# ---------------------------------------------------------------------------------------------- ray
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise MedsumError("--executor ray needs Ray, an optional extra: pip install 'medsum[ray]' "
+                          "(from a checkout: pip install -e '.[ray]')") from None
+    return ray
+
+
+def task_resources(cluster: dict[str, float], requested: dict[str, float]) -> dict[str, float]:
+    """What each run's task asks for: the spec's ``ray:`` settings, else 1 GPU if the cluster has any, else 1 CPU."""
+    if requested:
+        return {"num_cpus": float(requested.get("num_cpus", 1)), "num_gpus": float(requested.get("num_gpus", 0))}
+    if cluster.get("GPU", 0) >= 1:
+        return {"num_cpus": 1.0, "num_gpus": 1.0}
+    return {"num_cpus": 1.0, "num_gpus": 0.0}
+
+
+def _ray_task(cfg: RunConfig, cwd: str, env: dict[str, str], quiet_warnings: bool) -> str:
+    """The body of one Ray task: the driver's working directory (relative data paths) and settings, then the run."""
+    os.environ.update(env)
+    if quiet_warnings:  # as the driver's CLI does without --debug
+        warnings.filterwarnings("ignore")
+    if os.path.isdir(cwd):
+        os.chdir(cwd)
+    return execute_run(cfg, show_progress=False)
+
+
+def run_ray(runs: list[PlannedRun], show_progress: bool = True, address: str | None = None,
+            resources: dict[str, float] | None = None) -> dict[str, str]:
+    """Submits one task per run to Ray (a local instance unless ``address``) and waits for all of them."""
+    ray = import_ray()
+    started = not ray.is_initialized()
+    if started:
+        _init_ray(ray, address)
+    try:
+        options = task_resources(ray.cluster_resources(), resources or {})
+        print(f"ray: {len(runs)} tasks, each asking for {options}", flush=True)
+        task = ray.remote(_ray_task).options(**options)
+        env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+        quiet = any(f[0] == "ignore" and f[2] is Warning for f in warnings.filters)
+        refs = {task.remote(planned.config, os.getcwd(), env, quiet): planned for planned in runs}
+        return _collect(ray, refs, show_progress)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _init_ray(ray, address: str | None) -> None:
+    import logging
+
+    # a local instance needs no dashboard; an existing cluster (or a ray:// client) keeps its own settings
+    options = {"include_dashboard": False} if address is None else {}
+    try:
+        ray.init(address=address, logging_level=logging.WARNING, **options)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        raise MedsumError(f"cannot start or reach {where}: {' '.join(str(err).split())[:200]}") from None
+
+
+def _collect(ray, refs: dict[Any, PlannedRun], show_progress: bool) -> dict[str, str]:
+    from tqdm.auto import tqdm
+
+    statuses: dict[str, str] = {}
+    pending = list(refs)
+    with tqdm(total=len(pending), desc="runs", unit="run", disable=not show_progress, dynamic_ncols=True) as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            planned = refs[done[0]]
+            try:
+                statuses[planned.name] = ray.get(done[0])
+            except ray.exceptions.RayError as err:  # the worker died (out of memory, node lost): the task never
+                record_failure(planned.config.run_dir, err)  # got to write error.txt itself
+                (planned.config.run_dir / RUNNING_FILE).unlink(missing_ok=True)
+                statuses[planned.name] = "failed"
+            bar.set_postfix_str(f"{planned.name}: {statuses[planned.name]}")
+            bar.update(1)
+    return statuses
