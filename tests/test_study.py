@@ -221,6 +221,16 @@ def test_status_of_a_folder_without_a_study_is_an_error(tmp_path):
         study.status_table(tmp_path)
 
 
+def test_without_ray_the_ray_executor_is_refused_before_anything_is_written(spec_file, tmp_path, monkeypatch):
+    def no_ray():
+        raise MedsumError("--executor ray needs Ray, an optional extra: pip install 'medsum[ray]'")
+
+    monkeypatch.setattr("medsum.study.executors.import_ray", no_ray)
+    with pytest.raises(MedsumError, match="medsum\\[ray\\]"):
+        study.run_study(spec_file, tmp_path / "out", [], executor="ray", show_progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_ray_resources_default_to_one_gpu_when_the_cluster_has_one():
     from medsum.study.executors import task_resources
 

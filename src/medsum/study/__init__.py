@@ -16,7 +16,7 @@ import json
 import os
 import socket
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import yaml
@@ -49,23 +49,27 @@ def run_spec(spec: StudySpec, output: Path, overrides: list[str], executor: str 
 
     if executor not in EXECUTORS:
         raise MedsumError(f"unknown executor {executor!r} (known: {', '.join(EXECUTORS)})")
-    if executor == "ray":
-        executors.import_ray()  # a missing extra is refused before anything is written
     output = Path(output).resolve()  # run configs record absolute paths: the same from any cwd and any Ray worker
     runs = expand(spec, [parse_override(item) for item in overrides], output)
-    with study_lock(output):
+    # Ray is reached before anything is written: a missing extra or an unreachable cluster leaves no trace
+    use_ray = executor == "ray" and any(not _finished(run) for run in runs)
+    with executors.ray_session(ray_address) if use_ray else nullcontext() as ray, study_lock(output):
         _prepare(output, spec, runs, record or yaml.safe_dump(spec.__dict__, sort_keys=False))
-        pending = [run for run in runs if not (run.config.run_dir / "metrics.json").is_file()]
+        pending = [run for run in runs if not _finished(run)]
         print(f"study {spec.name}: {len(runs)} runs, {len(runs) - len(pending)} already done, {len(pending)} to run "
               f"({executor} executor) -> {output}", flush=True)
-        if executor == "ray":
-            statuses = executors.run_ray(pending, show_progress, ray_address, spec.ray)
+        if ray is not None:
+            statuses = executors.run_ray(ray, pending, show_progress, spec.ray)
         else:
             statuses = executors.run_local(pending, show_progress)
         report = write_report(output)
     print("\n" + summary_text(output) + f"\n\nreport: {report / 'summary.md'}", flush=True)
     _raise_if_failed(statuses, len(runs), report)
     return {run.name: statuses.get(run.name, "done") for run in runs}
+
+
+def _finished(run: PlannedRun) -> bool:
+    return (run.config.run_dir / "metrics.json").is_file()
 
 
 def _prepare(output: Path, spec: StudySpec, runs: list[PlannedRun], record: str) -> None:

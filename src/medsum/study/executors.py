@@ -14,6 +14,8 @@ import socket
 import time
 import traceback
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -112,24 +114,30 @@ def _ray_task(cfg: RunConfig, cwd: str, env: dict[str, str], quiet_warnings: boo
     return execute_run(cfg, show_progress=False)
 
 
-def run_ray(runs: list[PlannedRun], show_progress: bool = True, address: str | None = None,
-            resources: dict[str, float] | None = None) -> dict[str, str]:
-    """Submits one task per run to Ray (a local instance unless ``address``) and waits for all of them."""
+@contextmanager
+def ray_session(address: str | None) -> Iterator[Any]:
+    """Ray, connected (to ``address``, else a new local instance) for the duration; disconnects what it started."""
     ray = import_ray()
     started = not ray.is_initialized()
     if started:
         _init_ray(ray, address)
     try:
-        options = task_resources(ray.cluster_resources(), resources or {})
-        print(f"ray: {len(runs)} tasks, each asking for {options}", flush=True)
-        task = ray.remote(_ray_task).options(**options)
-        env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
-        quiet = any(f[0] == "ignore" and f[2] is Warning for f in warnings.filters)
-        refs = {task.remote(planned.config, os.getcwd(), env, quiet): planned for planned in runs}
-        return _collect(ray, refs, show_progress)
+        yield ray
     finally:
         if started:
             ray.shutdown()
+
+
+def run_ray(ray, runs: list[PlannedRun], show_progress: bool = True,
+            resources: dict[str, float] | None = None) -> dict[str, str]:
+    """Submits one task per run to the connected Ray cluster and waits for all of them."""
+    options = task_resources(ray.cluster_resources(), resources or {})
+    print(f"ray: {len(runs)} tasks, each asking for {options}", flush=True)
+    task = ray.remote(_ray_task).options(**options)
+    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+    quiet = any(f[0] == "ignore" and f[2] is Warning for f in warnings.filters)
+    refs = {task.remote(planned.config, os.getcwd(), env, quiet): planned for planned in runs}
+    return _collect(ray, refs, show_progress)
 
 
 def _init_ray(ray, address: str | None) -> None:
