@@ -268,3 +268,15 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     assert not (tmp_path / "metrics.json").exists()
     assert [step for step, _ in ckpt.list_checkpoints(tmp_path / "checkpoints")] == [1, 2]
     assert ckpt.load_latest_checkpoint(tmp_path / "checkpoints")["state"]["step"] == 2
+
+
+def test_atomic_write_follows_the_umask(tmp_path):
+    import os
+
+    target = tmp_path / "metrics.json"
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(target, "{}")
+    finally:
+        os.umask(old)
+    assert target.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600: collaborators read the results

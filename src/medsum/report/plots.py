@@ -4,11 +4,11 @@ trainable parameters (the efficiency frontier). Error bars are sample standard d
 from __future__ import annotations
 
 import io
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from medsum.config import atomic_write_bytes
 
 if TYPE_CHECKING:
     from medsum.report import Group, Report
@@ -49,22 +49,10 @@ def _save(figure, folder: Path, stem: str) -> list[str]:
     for suffix in ("png", "svg"):
         buffer = io.BytesIO()
         figure.savefig(buffer, format=suffix, dpi=150, bbox_inches="tight")
-        _atomic_write_bytes(folder / f"{stem}.{suffix}", buffer.getvalue())
+        atomic_write_bytes(folder / f"{stem}.{suffix}", buffer.getvalue())
         names.append(f"{stem}.{suffix}")
     plt.close(figure)
     return names
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Binary twin of ``config.atomic_write_text``: temp file in the same folder, then rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _seeds_text(groups: list[Group]) -> str:
