@@ -1,0 +1,236 @@
+"""Shared by the benchmark scripts: the local benchmark models, the data, the machine description and the
+appending of result tables to docs/performance.md.
+
+The benchmark model `small` has the exact layout of google/flan-t5-small (76,961,152 parameters, vocabulary 32,128,
+untied lm_head) with random weights and a unigram tokenizer of 32,128 pieces trained on the benchmark data, because
+no model hub is reachable here: speed depends on the layout, not on the weights. `tiny` is medsum's offline tiny
+model, for quick checks of the scripts.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gzip
+import itertools
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "sumpubmed"
+PERFORMANCE_MD = REPO / "docs" / "performance.md"
+SMALL_LAYOUT = "google/flan-t5-small"
+TOKENIZER_TRAINING_ROWS = 400  # ~12 MB of text: enough for 32,128 unigram pieces, built in well under a minute
+MODEL_INIT_SEED = 0
+BENCH_MODEL_VERSION = "v1"  # bump to rebuild the cached benchmark models
+
+HEADER = """\
+# Performance
+
+Figures from the scripts in `benchmarks/`; every table below was appended by the script named above it, with the
+exact command, the date, the machine and the load average (`os.getloadavg()`, 1/5/15 minutes) before and after
+the measurement. On a shared machine a load average above the number of cores means the figures are slowed by
+other work: compare only figures taken side by side in one table.
+
+Reproduce (from the repository root, offline; the first run builds the benchmark model once, ~1 minute):
+
+```
+export PYTHONPATH=$PWD/src HF_HUB_OFFLINE=1
+python benchmarks/end_to_end.py     # the issue's LoRA job: stock Seq2SeqTrainer recipe vs `medsum train`
+python benchmarks/train_step.py     # tokens/s and model FLOP utilisation per method, fp32 and bf16
+python benchmarks/generate.py       # generation tokens/s and ROUGE scoring throughput
+python benchmarks/stock_recipe.py   # the stock recipe alone
+```
+
+Each takes `--model tiny` (medsum's toy model) for a quick check of the script itself; `--help` lists the rest.
+The `small` model has the exact layout of google/flan-t5-small (76,961,152 parameters) with random weights and a
+unigram tokenizer of 32,128 pieces trained on the data: speed depends on the layout, not on the weights. A random
+model rarely emits end-of-sequence, so every generation runs to its token limit: generation costs here are upper
+bounds of a trained model's.
+"""
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def read_rows(data_dir: Path, split: str, limit: int | None = None) -> list[dict]:
+    """The first ``limit`` records of a split file (reading stops there)."""
+    path = Path(data_dir) / f"{split}.jsonl.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        return [json.loads(line) for line in itertools.islice(handle, limit)]
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+def _train_tokenizer(texts: list[str], vocab_size: int):
+    """A SentencePiece-style unigram tokenizer with T5's special ids (pad 0, eos 1, unk 2), as medsum's tiny one."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.Unigram())
+    tokenizer.normalizer = normalizers.NFKC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"],
+                                      unk_token="<unk>", show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                              special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def _build_small(target: Path, data_dir: Path) -> None:
+    import torch
+
+    from medsum.models import build_from_config, flan_t5_config, untie_lm_head
+
+    config = flan_t5_config(SMALL_LAYOUT)
+    rows = read_rows(data_dir, "train", TOKENIZER_TRAINING_ROWS)
+    tokenizer = _train_tokenizer([t for r in rows for t in (r["article"], r["abstract"])], config.vocab_size)
+    if len(tokenizer) != config.vocab_size:  # the layout (and every FLOP count) assumes flan-t5-small's vocabulary
+        raise RuntimeError(f"tokenizer has {len(tokenizer)} pieces, expected {config.vocab_size}")
+    with torch.random.fork_rng():
+        torch.manual_seed(MODEL_INIT_SEED)
+        model = build_from_config(config)
+        untie_lm_head(model)
+        with torch.no_grad():  # T5 v1.1 does not rescale decoder outputs: keep the initial logits near unit scale
+            model.get_output_embeddings().weight.mul_(config.d_model ** -0.5)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+
+
+def _build_tiny(target: Path, data_dir: Path) -> None:
+    from medsum.models import TINY_TOKENIZER_MAX_EXAMPLES, tiny_model_dir
+
+    rows = read_rows(data_dir, "train", TINY_TOKENIZER_MAX_EXAMPLES)
+    shutil.copytree(tiny_model_dir([t for r in rows for t in (r["article"], r["abstract"])]), target)
+
+
+def model_dir(kind: str, data_dir: Path = DEFAULT_DATA) -> Path:
+    """A local model directory (weights + tokenizer) of the benchmark model ``kind`` (small | tiny), built once."""
+    from medsum.models import cache_dir
+
+    builders = {"small": _build_small, "tiny": _build_tiny}
+    target = cache_dir() / "bench" / f"{'flan-t5-small-layout' if kind == 'small' else 'tiny'}-{BENCH_MODEL_VERSION}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".building-"))
+    try:
+        print(f"building the benchmark model {kind!r} once into {target} ...", flush=True)
+        shutil.rmtree(staging)
+        builders[kind](staging, Path(data_dir))
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------- machine
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            return next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            return set(next(line.split(":", 1)[1].split() for line in handle if line.startswith("flags")))
+    except (OSError, StopIteration):
+        return set()
+
+
+def add_machine_flags(parser) -> None:
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
+    parser.add_argument("--omp-passive", action="store_true",
+                        help="OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning. On a shared, "
+                             "overloaded machine spinning threads slow small operations (generation) several-fold")
+
+
+def apply_machine_flags(args) -> None:
+    """Must run before torch is imported: OpenMP reads its wait policy once, at start."""
+    if "torch" in sys.modules and args.omp_passive:
+        raise RuntimeError("--omp-passive must be applied before torch is imported")
+    if args.omp_passive:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
+def machine() -> str:
+    import torch
+
+    vector = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in cpu_flags()]
+    policy = os.environ.get("OMP_WAIT_POLICY", "default")
+    return (f"{cpu_model()}, {os.cpu_count()} cores ({', '.join(vector) or 'no AVX'}), "
+            f"torch {torch.__version__} with {torch.get_num_threads()} threads, OMP_WAIT_POLICY {policy}, "
+            f"Python {platform.python_version()}")
+
+
+def load() -> str:
+    """The 1/5/15-minute load averages, for reading figures taken on a shared machine."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+@contextmanager
+def timed(record: dict, key: str) -> Iterator[None]:
+    """Adds the wall seconds of the block to ``record[key]`` and keeps the load averages around it."""
+    before = load()
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        record[key] = record.get(key, 0.0) + time.perf_counter() - start
+        record.setdefault("load", []).append(f"{before} -> {load()}")
+
+
+# ---------------------------------------------------------------------------------------------- reporting
+
+
+def markdown_table(headers: list[str], rows: list[list]) -> str:
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join("---" for _ in headers) + " |"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def command_line() -> str:
+    script = Path(sys.argv[0])
+    try:
+        script = script.resolve().relative_to(REPO)
+    except ValueError:
+        pass
+    return shlex.join(["python", str(script), *sys.argv[1:]])
+
+
+def report(title: str, table: str, notes: str = "", path: Path = PERFORMANCE_MD) -> None:
+    """Prints a result table and appends it, with command, date and machine, to docs/performance.md."""
+    now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    section = (f"\n## {title}\n\n`{command_line()}`  \n{now}; {machine()}; load average at the end {load()}\n\n"
+               f"{table}\n" + (f"\n{notes.strip()}\n" if notes.strip() else ""))
+    print(section, flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.is_file():
+        path.write_text(HEADER, encoding="utf-8")
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(section)
