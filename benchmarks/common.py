@@ -190,14 +190,12 @@ def load() -> str:
 
 @contextmanager
 def timed(record: dict, key: str) -> Iterator[None]:
-    """Adds the wall seconds of the block to ``record[key]`` and keeps the load averages around it."""
-    before = load()
+    """Adds the wall seconds of the block to ``record[key]``."""
     start = time.perf_counter()
     try:
         yield
     finally:
         record[key] = record.get(key, 0.0) + time.perf_counter() - start
-        record.setdefault("load", []).append(f"{before} -> {load()}")
 
 
 # ---------------------------------------------------------------------------------------------- reporting

@@ -62,6 +62,7 @@ def run_stock_recipe(model_dir: Path, data_dir: Path, output_dir: Path, job: Job
     )
 
     times: dict = {}
+    load_before = common.load()
     start = time.perf_counter()
     with common.timed(times, "data_seconds"):
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -110,7 +111,7 @@ def run_stock_recipe(model_dir: Path, data_dir: Path, output_dir: Path, job: Job
         learning_rate=job.learning_rate,
         max_steps=job.steps,
         lr_scheduler_type="linear",
-        warmup_ratio=0.1,
+        warmup_steps=0.1,  # transformers 5: a float below 1 is the warm-up ratio
         weight_decay=0.01,
         max_grad_norm=1.0,
         eval_strategy="epoch",
@@ -134,6 +135,7 @@ def run_stock_recipe(model_dir: Path, data_dir: Path, output_dir: Path, job: Job
     with common.timed(times, "test_seconds"):
         test = trainer.predict(tokenized["test"], metric_key_prefix="test")
     times["wall_seconds"] = time.perf_counter() - start
+    times["load"] = [f"{load_before} -> {common.load()}"]
     history = trainer.state.log_history
     times["eval_seconds"] = sum(row["eval_runtime"] for row in history if "eval_runtime" in row)
     times["train_loss"] = next((row["train_loss"] for row in history if "train_loss" in row), float("nan"))
