@@ -81,11 +81,11 @@ def timing_medsum_phases(times: dict):
 
 
 def run_medsum(model_dir: Path, data_dir: Path, output_dir: Path, cache: Path, job: Job,
-               show_progress: bool = False) -> dict:
+               show_progress: bool = False, extra: tuple[str, ...] = ()) -> dict:
     """`medsum train ...` in this process; returns wall seconds per phase and the test ROUGE-1."""
     from medsum.cli import main as medsum_main
 
-    argv = ["train", *medsum_overrides(model_dir, data_dir, output_dir, job), "--force"]
+    argv = ["train", *medsum_overrides(model_dir, data_dir, output_dir, job), *extra, "--force"]
     if not show_progress:
         argv.append("--quiet")
     times: dict = {"load": [common.load()]}
@@ -101,6 +101,8 @@ def run_medsum(model_dir: Path, data_dir: Path, output_dir: Path, cache: Path, j
     times["predictions"] = [row["prediction"] for row in rows]
     times["test_rouge1"] = metrics["test"]["rouge1"]
     times["train_seconds_in_loop"] = metrics["efficiency"]["train_seconds"]
+    log = [json.loads(line) for line in (output_dir / "train_log.jsonl").read_text().splitlines()]
+    times["train_loss"] = statistics.mean(row["loss"] for row in log if "loss" in row)
     return times
 
 
@@ -142,6 +144,8 @@ def main() -> None:
     parser.add_argument("--second-run", action="store_true",
                         help="also run medsum a second time on the warm tokenize cache (default: time its data "
                              "preparation alone)")
+    parser.add_argument("--medsum-set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="extra `medsum train` overrides, to try other defaults (e.g. train.precision=bf16)")
     parser.add_argument("--progress", action="store_true")
     common.add_machine_flags(parser)
     args = parser.parse_args()
@@ -161,14 +165,16 @@ def main() -> None:
                 if side == "stock":
                     result = run_stock_recipe(model_dir, args.data, out, job, show_progress=args.progress)
                 else:
-                    result = run_medsum(model_dir, args.data, out, tmp / f"cache-{repeat}", job, args.progress)
+                    result = run_medsum(model_dir, args.data, out, tmp / f"cache-{repeat}", job, args.progress,
+                                        tuple(args.medsum_set))
                 result["rouge1_full"] = full_reference_rouge1(args.data, result["predictions"])
                 print(f"  {side}: {result['wall_seconds']:.1f} s", flush=True)
                 results.append((side, repeat, result))
         first_prep = [r["data_seconds"] for side, _, r in results if side == "medsum"]
         first_wall = [r["wall_seconds"] for side, _, r in results if side == "medsum"]
         if args.second_run:
-            second = run_medsum(model_dir, args.data, tmp / "medsum-second", tmp / "cache-0", job, args.progress)
+            second = run_medsum(model_dir, args.data, tmp / "medsum-second", tmp / "cache-0", job, args.progress,
+                                tuple(args.medsum_set))
             second_prep, second_wall = second["data_seconds"], second["wall_seconds"]
         else:
             second_prep, second_wall = data_preparation_seconds(model_dir, args.data, tmp / "cache-0", job), None
@@ -179,13 +185,15 @@ def main() -> None:
                       - r["test_seconds"])
         rows.append([f"{side} #{repeat + 1}", f"{r['wall_seconds']:.1f}", f"{r['data_seconds']:.1f}",
                      f"{train:.1f}", f"{r['eval_seconds']:.1f}", f"{r['test_seconds']:.1f}",
-                     f"{r['test_rouge1']:.2f}", f"{r['rouge1_full']:.2f}", "; ".join(r["load"])])
+                     f"{r['train_loss']:.3f}", f"{r['test_rouge1']:.2f}", f"{r['rouge1_full']:.2f}",
+                     "; ".join(r["load"])])
     stock = statistics.mean(r["wall_seconds"] for side, _, r in results if side == "stock")
     medsum = statistics.mean(first_wall)
     pairs = [next(r for s, k, r in results if s == "stock" and k == i)["wall_seconds"]
              / next(r for s, k, r in results if s == "medsum" and k == i)["wall_seconds"] for i in range(args.repeats)]
     table = common.markdown_table(
-        ["run", "wall s", "data prep s", "train s", "validation s", "test s", "test ROUGE-1 (own scoring)",
+        ["run", "wall s", "data prep s", "train s", "validation s", "test s", "mean train loss",
+         "test ROUGE-1 (own scoring)",
          "test ROUGE-1 (full references)", "load before -> after"], rows)
     second_line = (f"a whole second run took {second_wall:.1f} s, " if second_wall is not None else "")
     notes = f"""
@@ -207,6 +215,8 @@ length-grouped batches, greedy validation on at most train.eval_max_examples exa
 ROUGE against the full references. "train s" of the stock recipe is its wall time less data, validation and test
 (it includes model loading and checkpoint saving); of medsum it is the time inside its training steps.
 """
+    if args.medsum_set:
+        notes += f"medsum ran with these extra overrides: `{' '.join(args.medsum_set)}`.\n"
     common.report(f"End to end: stock recipe vs medsum train ({args.model} model)", table, notes)
 
 
