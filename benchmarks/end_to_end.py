@@ -80,6 +80,14 @@ def timing_medsum_phases(times: dict):
             setattr(train, name, original)
 
 
+def reset_accelerate() -> None:
+    """Forgets the process-wide Accelerate state, which the Trainer and medsum each set (and medsum may set to bf16
+    mixed precision, which Accelerate refuses to change once set)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def run_medsum(model_dir: Path, data_dir: Path, output_dir: Path, cache: Path, job: Job,
                show_progress: bool = False, extra: tuple[str, ...] = ()) -> dict:
     """`medsum train ...` in this process; returns wall seconds per phase and the test ROUGE-1."""
@@ -161,6 +169,7 @@ def main() -> None:
         for repeat in range(args.repeats):
             sides = ("stock", "medsum") if repeat % 2 == 0 else ("medsum", "stock")
             for side in sides:
+                reset_accelerate()
                 out = tmp / f"{side}-{repeat}"
                 print(f"repeat {repeat + 1}/{args.repeats}: {side} ...", flush=True)
                 if side == "stock":
@@ -174,6 +183,7 @@ def main() -> None:
         first_prep = [r["data_seconds"] for side, _, r in results if side == "medsum"]
         first_wall = [r["wall_seconds"] for side, _, r in results if side == "medsum"]
         if args.second_run:
+            reset_accelerate()
             second = run_medsum(model_dir, args.data, tmp / "medsum-second", tmp / "cache-0", job, args.progress,
                                 tuple(args.medsum_set))
             second_prep, second_wall = second["data_seconds"], second["wall_seconds"]
