@@ -35,7 +35,9 @@ import common
 
 METHODS = ("lora", "prompt_tuning", "full")
 PRECISIONS = ("fp32", "bf16")
-MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear")
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear",
+              "aten::_scaled_dot_product_flash_attention_for_cpu",
+              "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,21 @@ def build_setup(model_dir: Path, data_dir: Path, method: str, precision: str, sh
     return setup(cfg)
 
 
+def cpu_attention_flop_formulas() -> dict:
+    """FlopCounterMode knows the GPU attention kernels only; T5 on CPU runs the CPU flash-attention kernel (whose
+    backward recomputes the scores: one product more than the model needs)."""
+    import torch
+    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+    return {
+        aten._scaled_dot_product_flash_attention_for_cpu:
+            lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v),
+        aten._scaled_dot_product_flash_attention_for_cpu_backward:
+            lambda grad, q, k, v, *args, out_shape=None, **kwargs: sdpa_backward_flop_count(grad, q, k, v),
+    }
+
+
 def measure(setup_, steps: int, profile: bool) -> dict:
     """Seconds per step (median of ``steps`` after one warm-up), tokens per step, counted FLOPs and matmul share."""
     import statistics
@@ -128,7 +145,7 @@ def measure(setup_, steps: int, profile: bool) -> dict:
     scheduler = get_constant_schedule(optimizer)
     rows = [setup_.encoded["train"][: setup_.cfg.train.batch_size]]
     model.train()
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=cpu_attention_flop_formulas())
     with counter:
         _, tokens = _train_step(setup_, model, optimizer, scheduler, rows)
     times = []
