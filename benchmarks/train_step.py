@@ -114,6 +114,17 @@ def build_setup(model_dir: Path, data_dir: Path, method: str, precision: str, sh
     return setup(cfg)
 
 
+def disable_dropout(model) -> None:
+    """Every dropout of the model (T5's own, LoRA's) to 0: what a step costs without drawing the random masks."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        elif isinstance(getattr(module, "dropout", None), float):  # T5Attention passes a float to its kernel
+            module.dropout = 0.0
+
+
 def cpu_attention_flop_formulas() -> dict:
     """FlopCounterMode knows the GPU attention kernels only; T5 on CPU runs the CPU flash-attention kernel (whose
     backward recomputes the scores: one product more than the model needs)."""
@@ -178,6 +189,8 @@ def main() -> None:
     parser.add_argument("--target", type=int, default=128, help="target tokens")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per configuration (after one warm-up)")
     parser.add_argument("--no-profile", action="store_true", help="skip the profiled step (matmul share of time)")
+    parser.add_argument("--no-dropout", action="store_true",
+                        help="what-if: set every dropout to 0, to measure what drawing dropout masks costs")
     common.add_machine_flags(parser)
     args = parser.parse_args()
     common.apply_machine_flags(args)
@@ -192,11 +205,14 @@ def main() -> None:
         for precision in args.precisions:
             before = common.load()
             setup_ = build_setup(model_dir, args.data, method, precision, shape)
+            if args.no_dropout:
+                disable_dropout(setup_.model)
             r = measure(setup_, args.steps, profile=not args.no_profile)
             config = setup_.model.base_model.config if hasattr(setup_.model, "base_model") else setup_.model.config
             flops = step_flops(config, method, shape)
             achieved = flops / r["seconds"]
-            rows.append([method, precision, f"{r['seconds']:.2f}", f"{r['tokens'] / r['seconds']:,.0f}",
+            dropout = "0 (what-if)" if args.no_dropout else "model's"
+            rows.append([method, precision, dropout, f"{r['seconds']:.2f}", f"{r['tokens'] / r['seconds']:,.0f}",
                          f"{flops / 1e9:,.0f}", f"{r['counted_flops'] / 1e9:,.0f}", f"{achieved / 1e9:,.0f}",
                          f"{100 * achieved / peaks[precision]:.1f}%",
                          f"{100 * r.get('matmul_share', float('nan')):.0f}%", r.get("top_other", ""),
@@ -206,10 +222,10 @@ def main() -> None:
     for precision in args.precisions:  # the peak again: the best of both, as load may have changed meanwhile
         peaks[precision] = max(peaks[precision], matmul_peak(dtypes[precision]))
     for row in rows:
-        achieved = float(row[6].replace(",", "")) * 1e9
-        row[7] = f"{100 * achieved / peaks[row[1]]:.1f}%"
+        achieved = float(row[7].replace(",", "")) * 1e9
+        row[8] = f"{100 * achieved / peaks[row[1]]:.1f}%"
     table = common.markdown_table(
-        ["method", "precision", "s/step", "tokens/s", "model GFLOP/step (analytic)", "GFLOP/step (counted)",
+        ["method", "precision", "dropout", "s/step", "tokens/s", "model GFLOP/step (analytic)", "GFLOP/step (counted)",
          "GFLOP/s", "MFU", "matmul share of step time", "largest other ops (self time)", "load before -> after"],
         rows)
     notes = ("Peak (torch.mm 4096 x 4096, best of the run): "
