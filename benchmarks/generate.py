@@ -127,7 +127,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--beams", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--pairs", type=int, default=1000, help="(reference, prediction) pairs scored")
+    parser.add_argument("--pairs", type=int, default=400, help="(reference, prediction) pairs scored")
     parser.add_argument("--skip-generation", action="store_true")
     common.add_machine_flags(parser)
     args = parser.parse_args()
