@@ -119,18 +119,16 @@ def data_preparation_seconds(model_dir: Path, data_dir: Path, cache: Path, job: 
     """What a run's setup spends reading and tokenizing the splits (``medsum.train.setup``'s data steps)."""
     from medsum.config import load_run_config
     from medsum.data import load_splits, tokenize
-    from medsum.models import load_tokenizer
+    from medsum.models import FAMILIES, cache_dir, load_tokenizer
 
     cfg = load_run_config(None, medsum_overrides(model_dir, data_dir, cache / "unused", job))
-    tokenizer = load_tokenizer(str(model_dir))
+    tokenizer = load_tokenizer(str(model_dir))  # loaded afresh, as a new run does
     with medsum_cache(cache):
-        from medsum.models import cache_dir
-
         start = time.perf_counter()
         splits = load_splits(cfg.data)
         for examples in splits.values():
-            tokenize(examples, tokenizer, "summarize: ", cfg.data.max_source_tokens, cfg.data.max_target_tokens,
-                     cache=cache_dir() / "tokenized")
+            tokenize(examples, tokenizer, FAMILIES["t5"].prefix, cfg.data.max_source_tokens,
+                     cfg.data.max_target_tokens, cache=cache_dir() / "tokenized")
         return time.perf_counter() - start
 
 
