@@ -53,8 +53,7 @@ python benchmarks/stock_recipe.py   # the stock recipe alone
 Each takes `--model tiny` (medsum's toy model) for a quick check of the script itself; `--help` lists the rest.
 On a machine shared with other work, add `--omp-passive` (`OMP_WAIT_POLICY=PASSIVE`): with the default policy,
 OpenMP threads spin while waiting, and when other processes hold the cores, the many small operations of generation
-become several times slower (8 x 32 greedy tokens of the `small` model: 23-37 s with 2 threads against 4-7 s with
-1 thread or with PASSIVE, at load average 7 on 2 cores), which distorts every comparison that involves generation.
+become several times slower, which distorts every comparison that involves generation.
 The `small` model has the exact layout of google/flan-t5-small (76,961,152 parameters) with random weights and a
 unigram tokenizer of 32,128 pieces trained on the data: speed depends on the layout, not on the weights. A random
 model rarely emits end-of-sequence, so every generation runs to its token limit: generation costs here are upper
