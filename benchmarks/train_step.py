@@ -219,7 +219,7 @@ def main() -> None:
             rows.append([method, precision, dropout, f"{r['seconds']:.2f}", f"{r['tokens'] / r['seconds']:,.0f}",
                          f"{flops / 1e9:,.0f}", f"{r['counted_flops'] / 1e9:,.0f}", f"{achieved / 1e9:,.0f}",
                          f"{peak / 1e9:,.0f}", f"{100 * achieved / peak:.1f}%",
-                         f"{100 * r.get('matmul_share', float('nan')):.0f}%", r.get("top_other", ""),
+                         f"{100 * r['matmul_share']:.0f}%" if "matmul_share" in r else "-", r.get("top_other", "-"),
                          f"{before} -> {common.load()}"])
             print(rows[-1], flush=True)
             del setup_
