@@ -74,31 +74,14 @@ def read_rows(data_dir: Path, split: str, limit: int | None = None) -> list[dict
 # ---------------------------------------------------------------------------------------------- models
 
 
-def _train_tokenizer(texts: list[str], vocab_size: int):
-    """A SentencePiece-style unigram tokenizer with T5's special ids (pad 0, eos 1, unk 2), as medsum's tiny one."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = Tokenizer(models.Unigram())
-    tokenizer.normalizer = normalizers.NFKC()
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-    tokenizer.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"],
-                                      unk_token="<unk>", show_progress=False)
-    tokenizer.train_from_iterator(texts, trainer)
-    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
-                                                              special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
-
-
 def _build_small(target: Path, data_dir: Path) -> None:
     import torch
 
-    from medsum.models import build_from_config, flan_t5_config, untie_lm_head
+    from medsum.models import build_from_config, flan_t5_config, train_tiny_tokenizer, untie_lm_head
 
     config = flan_t5_config(SMALL_LAYOUT)
     rows = read_rows(data_dir, "train", TOKENIZER_TRAINING_ROWS)
-    tokenizer = _train_tokenizer([t for r in rows for t in (r["article"], r["abstract"])], config.vocab_size)
+    tokenizer = train_tiny_tokenizer([t for r in rows for t in (r["article"], r["abstract"])], config.vocab_size)
     if len(tokenizer) != config.vocab_size:  # the layout (and every FLOP count) assumes flan-t5-small's vocabulary
         raise RuntimeError(f"tokenizer has {len(tokenizer)} pieces, expected {config.vocab_size}")
     with torch.random.fork_rng():

@@ -187,7 +187,7 @@ def _fingerprint(texts: list[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def train_tiny_tokenizer(texts: list[str]):
+def train_tiny_tokenizer(texts: list[str], vocab_size: int = TINY_VOCAB_SIZE):
     """A SentencePiece-style unigram tokenizer (T5's special ids: pad 0, eos 1, unk 2) trained on ``texts``."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -196,7 +196,7 @@ def train_tiny_tokenizer(texts: list[str]):
     tokenizer.normalizer = normalizers.NFKC()
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
     tokenizer.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=TINY_VOCAB_SIZE, special_tokens=["<pad>", "</s>", "<unk>"],
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"],
                                       unk_token="<unk>", show_progress=False)
     tokenizer.train_from_iterator(texts, trainer)
     tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
