@@ -251,7 +251,8 @@ def _train_step(setup_: Setup, model, optimizer, scheduler, rows: list[list[dict
         real_tokens += n_tokens + int(batch["attention_mask"].sum())
         sync = accelerator.no_sync(model) if i < len(batches) - 1 else _nullcontext()
         with sync, accelerator.autocast():
-            mean_loss = (forward or model)(**batch).loss
+            step_model = forward if forward is not None else model  # a compiled module has no truth value
+            mean_loss = step_model(**batch).loss
         # DDP averages gradients over processes, hence the world_size factor
         scaled = mean_loss * n_tokens * accelerator.num_processes / global_tokens
         accelerator.backward(scaled)
