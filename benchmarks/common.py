@@ -207,10 +207,22 @@ def command_line() -> str:
     return shlex.join(["python", str(script), *sys.argv[1:]])
 
 
+def commit() -> str:
+    """The medsum commit measured (with +changes when the working tree differs from it)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+changes" if git("status", "--porcelain", "--", "src", "benchmarks") else "")
+
+
 def report(title: str, table: str, notes: str = "", path: Path = PERFORMANCE_MD) -> None:
-    """Prints a result table and appends it, with command, date and machine, to docs/performance.md."""
+    """Prints a result table and appends it, with command, date, commit and machine, to docs/performance.md."""
     now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    section = (f"\n## {title}\n\n`{command_line()}`  \n{now}; {machine()}; load average at the end {load()}\n\n"
+    section = (f"\n## {title}\n\n`{command_line()}`  \n{now}; medsum {commit()}; {machine()}; "
+               f"load average at the end {load()}\n\n"
                f"{table}\n" + (f"\n{notes.strip()}\n" if notes.strip() else ""))
     print(section, flush=True)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -140,8 +140,11 @@ def cpu_attention_flop_formulas() -> dict:
     }
 
 
-def measure(setup_, steps: int, profile: bool) -> dict:
-    """Seconds per step (median of ``steps`` after one warm-up), tokens per step, counted FLOPs and matmul share."""
+def measure(setup_, steps: int, profile: bool, compile_forward: bool = False) -> dict:
+    """Seconds per step (median of ``steps`` after one warm-up), tokens per step, counted FLOPs and matmul share.
+
+    ``compile_forward``: the steps run ``torch.compile(model)`` as medsum's ``train.compile`` does (FLOPs are counted
+    on the eager step before, and a second warm-up step compiles)."""
     import statistics
 
     import torch
@@ -159,15 +162,20 @@ def measure(setup_, steps: int, profile: bool) -> dict:
     counter = FlopCounterMode(display=False, custom_mapping=cpu_attention_flop_formulas())
     with counter:
         _, tokens = _train_step(setup_, model, optimizer, scheduler, rows)
+    compiled = torch.compile(model) if compile_forward else model
+    # a plain function: _train_step tests `forward or model`, and a compiled PEFT model refuses truth tests (len())
+    forward = (lambda **batch: compiled(**batch)) if compile_forward else model
+    if compile_forward:
+        _train_step(setup_, model, optimizer, scheduler, rows, forward=forward)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        _train_step(setup_, model, optimizer, scheduler, rows)
+        _train_step(setup_, model, optimizer, scheduler, rows, forward=forward)
         times.append(time.perf_counter() - start)
     result = {"seconds": statistics.median(times), "tokens": tokens, "counted_flops": counter.get_total_flops()}
     if profile:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            _train_step(setup_, model, optimizer, scheduler, rows)
+            _train_step(setup_, model, optimizer, scheduler, rows, forward=forward)
         events = prof.key_averages()
         total = sum(e.self_cpu_time_total for e in events)
         matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS)
@@ -191,6 +199,7 @@ def main() -> None:
     parser.add_argument("--no-profile", action="store_true", help="skip the profiled step (matmul share of time)")
     parser.add_argument("--no-dropout", action="store_true",
                         help="what-if: set every dropout to 0, to measure what drawing dropout masks costs")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the forward (medsum's train.compile)")
     common.add_machine_flags(parser)
     args = parser.parse_args()
     common.apply_machine_flags(args)
@@ -209,14 +218,15 @@ def main() -> None:
                 disable_dropout(setup_.model)
             # the peak right before and after this configuration: on a shared machine the load changes between rows
             peak = matmul_peak(dtypes[precision])
-            r = measure(setup_, args.steps, profile=not args.no_profile)
+            r = measure(setup_, args.steps, profile=not args.no_profile, compile_forward=args.compile)
             peak = max(peak, matmul_peak(dtypes[precision]))
             best_peak[precision] = max(best_peak[precision], peak)
             config = setup_.model.base_model.config if hasattr(setup_.model, "base_model") else setup_.model.config
             flops = step_flops(config, method, shape)
             achieved = flops / r["seconds"]
             dropout = "0 (what-if)" if args.no_dropout else "model's"
-            rows.append([method, precision, dropout, f"{r['seconds']:.2f}", f"{r['tokens'] / r['seconds']:,.0f}",
+            how = precision + (" compiled" if args.compile else "")
+            rows.append([method, how, dropout, f"{r['seconds']:.2f}", f"{r['tokens'] / r['seconds']:,.0f}",
                          f"{flops / 1e9:,.0f}", f"{r['counted_flops'] / 1e9:,.0f}", f"{achieved / 1e9:,.0f}",
                          f"{peak / 1e9:,.0f}", f"{100 * achieved / peak:.1f}%",
                          f"{100 * r['matmul_share']:.0f}%" if "matmul_share" in r else "-", r.get("top_other", "-"),
