@@ -185,3 +185,41 @@ def test_lora_target_modules_are_resolved_and_recorded(tiny_source, targets, res
 def test_lora_unknown_target_module_is_a_clear_error(tiny_source):
     with pytest.raises(MedsumError, match=r"method.target_modules=\['nope'\]"):
         wrapped(tiny_source, "lora", "method.target_modules=[nope]")
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "prompt_tuning"])
+def test_beam_search_without_cross_attention_reorder_finds_the_same_beams(method, tiny_source, tiny_splits,
+                                                                          tiny_tokenizer, monkeypatch):
+    """medsum's beam-search cache skips reordering the encoder keys and values (identical across an input's
+    beams): every sequence and score equals transformers' default cache, on padded batches of real inputs."""
+    from transformers import EncoderDecoderCache
+
+    from medsum import evaluate
+
+    model, _ = wrapped(tiny_source, method, *(["method.num_virtual_tokens=5"] if method == "prompt_tuning" else []))
+    with torch.no_grad():  # LoRA's B starts at zero: perturb every trainable weight so the adapter shapes the beams
+        for p in trainable(model).values():
+            p.add_(torch.randn_like(p) * 0.5)
+    model.eval()
+    encoded = tokenize(tiny_splits["test"][:3] + tiny_splits["validation"][:3], tiny_tokenizer, "summarize: ", 40, 8)
+    batch = collate([{"input_ids": e["input_ids"]} for e in encoded], tiny_tokenizer.pad_token_id, with_labels=False)
+    settings = {**generation_kwargs(4, 2.0, 3, 5, 12), "return_dict_in_generate": True, "output_scores": True}
+    cross_reorders = []
+    original = EncoderDecoderCache.reorder_cache
+    monkeypatch.setattr(EncoderDecoderCache, "reorder_cache",
+                        lambda self, beam_idx: (cross_reorders.append(1), original(self, beam_idx)))
+    with torch.no_grad():
+        default = model.generate(**batch, **settings)
+        assert cross_reorders, "the default cache reorders both caches"
+        cross_reorders.clear()
+        cache = evaluate._beam_search_cache(model, 4)
+        fast = model.generate(**batch, cache=cache, **settings)
+    assert not cross_reorders and type(cache).__name__ == "SelfAttentionReorderedCache"
+    assert torch.equal(fast.sequences, default.sequences)
+    assert torch.allclose(fast.sequences_scores, default.sequences_scores, atol=1e-6)
+    assert fast.sequences.shape[1] > 6 and len(set(map(tuple, fast.sequences.tolist()))) > 1
+    texts, _ = generate_texts(model, tiny_tokenizer, [e["input_ids"] for e in encoded], generation_kwargs(4, 2.0, 3,
+                                                                                                          5, 12), 6,
+                              "cpu")
+    assert texts == [tiny_tokenizer.decode(row[1:], skip_special_tokens=True).strip()
+                     for row in default.sequences.tolist()]

@@ -9,6 +9,7 @@ sentence-level and ``rougeLsum`` summary-level, computed on texts split one sent
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -78,6 +79,34 @@ def generation_kwargs(num_beams: int, length_penalty: float, no_repeat_ngram_siz
     return kwargs
 
 
+def _beam_search_cache(model, num_beams: int):
+    """A cache for encoder-decoder beam search that does not reorder the cross-attention keys and values.
+
+    Beam search reorders the cache after every token so that each beam carries its parent's history. The
+    cross-attention entries are the encoder's keys and values, identical for every beam of an input, and a beam's
+    parent is always a beam of the same input, so reordering them (the default) copies every layer's encoder states
+    once per generated token for no change. Skipping it gives the same texts and cuts 4-beam test generation by
+    about 40% on CPU (docs/performance.md). Returns None (let generate build its default) where it does not apply.
+    """
+    if num_beams <= 1 or not getattr(model.config, "is_encoder_decoder", False):
+        return None
+    from transformers import DynamicCache
+
+    config = model.config.get_text_config(decoder=True)
+    return _self_attention_reordered_cache_class()(DynamicCache(config=config), DynamicCache(config=config))
+
+
+@functools.cache
+def _self_attention_reordered_cache_class():
+    from transformers import EncoderDecoderCache
+
+    class SelfAttentionReorderedCache(EncoderDecoderCache):
+        def reorder_cache(self, beam_idx):
+            self.self_attention_cache.reorder_cache(beam_idx)
+
+    return SelfAttentionReorderedCache
+
+
 def generate_texts(model, tokenizer, input_ids: list[list[int]], settings: dict[str, Any], batch_size: int,
                    device, autocast_dtype=None, progress=None) -> tuple[list[str], int]:
     """Summaries for pre-tokenized inputs, in input order, plus the number of generated (non-pad) tokens.
@@ -99,7 +128,10 @@ def generate_texts(model, tokenizer, input_ids: list[list[int]], settings: dict[
         batch = {k: v.to(device) for k, v in batch.items()}
         with torch.no_grad(), torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype,
                                              enabled=autocast_dtype is not None):
-            output = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **settings)
+            cache = _beam_search_cache(model, settings.get("num_beams", 1))
+            extra = {"cache": cache} if cache is not None else {}
+            output = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra,
+                                    **settings)
         output = output.cpu()
         special = set(tokenizer.all_special_ids)
         for row, index in zip(output, indices):
