@@ -79,8 +79,12 @@ def test_metrics_json_fields(tiny_runs, method):
     assert {*ROUGE, "gen_len", "empty_predictions", "examples"} <= set(metrics["test"])
     assert metrics["test"]["examples"] == N_TEST
     assert 1 <= metrics["test"]["gen_len"] <= 16  # generate.max_new_tokens
-    assert {*ROUGE, "best_step"} <= set(metrics["validation"])
-    assert (metrics["validation"]["best_step"], metrics["validation"]["evaluations"]) == (2, 1)
+    if method == "lora":  # its run sets train.validate_lone_candidate=true
+        assert {*ROUGE, "best_step"} <= set(metrics["validation"])
+        assert (metrics["validation"]["best_step"], metrics["validation"]["evaluations"]) == (2, 1)
+    else:  # two steps in one epoch: the one validation would be at the last step, so it is skipped
+        assert (metrics["validation"]["best_step"], metrics["validation"]["evaluations"]) == (2, 0)
+        assert "validate_lone_candidate" in metrics["validation"]["skipped"]
     assert metrics["rouge"]["use_stemmer"] is True
     assert metrics["hardware"]["count"] == 1 and metrics["hardware"]["device"]
     assert {"torch", "transformers", "peft", "rouge-score"} <= set(metrics["versions"])
@@ -152,6 +156,9 @@ def test_train_log(tiny_runs, method):
     # linear schedule, 1 warm-up step of 2; each line logs the rate its step trained at: warm-up from 0, then peak
     assert [row["learning_rate"] for row in steps] == pytest.approx([0.0, LEARNING_RATES[method]])
     validations = [row for row in log if row.get("event") == "validation"]
+    if method != "lora":  # only the lora run validates its lone candidate
+        assert validations == []
+        return
     assert [row["step"] for row in validations] == [2]
     assert validations[0]["validation_rouge1"] == pytest.approx(metrics_of(tiny_runs[method])["validation"]["rouge1"])
 
@@ -280,6 +287,18 @@ def test_bad_input_writes_nothing(tmp_path, override, message):
 
 
 # ---------------------------------------------------------------------------------------------- model selection
+
+
+@pytest.mark.parametrize(("overrides", "steps", "per_epoch", "expected"), [
+    ([], 6, 2, {2, 4, 6}),  # every epoch
+    (["train.eval_every=4"], 10, 2, {4, 8, 10}),  # every 4 steps, and the last
+    ([], 5, 8, set()),  # one validation at the last step only: nothing to select, skipped
+    (["train.validate_lone_candidate=true"], 5, 8, {5}),
+    (["train.eval_every=50"], 20, 8, set()),
+])
+def test_scheduled_validations(overrides, steps, per_epoch, expected):
+    cfg = load_run_config(None, overrides)
+    assert train.scheduled_validations(cfg, steps, per_epoch) == expected
 
 
 def test_best_validation_checkpoint_is_tested_and_early_stopping_stops(tmp_path, monkeypatch):

@@ -94,6 +94,10 @@ class TrainConfig:
     )
     eval_num_beams: int = setting(1, "Beams for validation during training (1: greedy, cheap); the test "
                                      "split always uses generate.*.")
+    validate_lone_candidate: bool = setting(
+        False, "Validate even when a run validates only once, at its last step: that validation cannot change "
+               "which weights are tested (the final ones), so by default it is skipped and its time saved."
+    )
     save_every: int = setting(0, "Write a resumable checkpoint every N optimizer steps (0: never).")
     keep_checkpoints: int = setting(2, "How many of the newest checkpoints to keep on disk.")
     log_every: int = setting(1, "Write a train_log.jsonl line every N optimizer steps.")

@@ -333,6 +333,19 @@ def _truncate_log(path: Path, last_step: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
+def scheduled_validations(cfg: RunConfig, steps: int, per_epoch: int) -> set[int]:
+    """The steps after which the run validates: every train.eval_every steps (0: every epoch) and the last step.
+
+    A lone validation at the last step selects nothing (the final weights are the only candidate), so it is left
+    out unless train.validate_lone_candidate asks for it.
+    """
+    every = cfg.train.eval_every or per_epoch
+    scheduled = set(range(every, steps + 1, every)) | {steps}
+    if scheduled == {steps} and not cfg.train.validate_lone_candidate:
+        return set()
+    return scheduled
+
+
 def train_loop(setup_: Setup, run_dir: Path, show_progress: bool = True) -> Progress:
     """Trains with validation-based selection; leaves the best weights in the model."""
     import torch
@@ -366,6 +379,9 @@ def train_loop(setup_: Setup, run_dir: Path, show_progress: bool = True) -> Prog
     elif accelerator.is_main_process:
         log_path.unlink(missing_ok=True)
 
+    validation_steps = scheduled_validations(cfg, steps, per_epoch)
+    if not validation_steps:
+        progress.best_step = steps  # the final weights are tested
     batch_cache: dict = {}
     bar = tqdm(total=steps, initial=start, desc=f"train {cfg.run_name}", unit="step",
                disable=not (show_progress and accelerator.is_main_process), dynamic_ncols=True)
@@ -392,8 +408,7 @@ def train_loop(setup_: Setup, run_dir: Path, show_progress: bool = True) -> Prog
                                    "world_size": accelerator.num_processes})
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}")
-        eval_now = (done % cfg.train.eval_every == 0) if cfg.train.eval_every else (done % per_epoch == 0)
-        if eval_now or done == steps:
+        if done in validation_steps:
             t0 = time.perf_counter()
             scores = validate(setup_, model)
             progress.eval_seconds += time.perf_counter() - t0
@@ -534,6 +549,17 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _validation_summary(setup_: Setup, progress: Progress) -> dict[str, Any]:
+    cfg = setup_.cfg
+    if progress.evaluations == 0:
+        return {"best_step": progress.best_step, "evaluations": 0,
+                "skipped": "one candidate only (the final weights); train.validate_lone_candidate=true validates it"}
+    return {**progress.best_validation, "best_step": progress.best_step, "evaluations": progress.evaluations,
+            "num_beams": cfg.train.eval_num_beams,
+            "examples": min(len(setup_.splits["validation"]),
+                            cfg.train.eval_max_examples or len(setup_.splits["validation"]))}
+
+
 def write_results(setup_: Setup, run_dir: Path, progress: Progress, test_summary: dict, rows: list[dict],
                   test_seconds: float, generated: int, weight_bytes: int) -> dict:
     cfg = setup_.cfg
@@ -545,10 +571,7 @@ def write_results(setup_: Setup, run_dir: Path, progress: Progress, test_summary
         "method_config": {**method_config, **setup_.method_info},
         "seed": cfg.seed,
         "params": setup_.params,
-        "validation": {**progress.best_validation, "best_step": progress.best_step,
-                       "evaluations": progress.evaluations, "num_beams": cfg.train.eval_num_beams,
-                       "examples": min(len(setup_.splits["validation"]),
-                                       cfg.train.eval_max_examples or len(setup_.splits["validation"]))},
+        "validation": _validation_summary(setup_, progress),
         "test": test_summary,
         "efficiency": {
             "train_seconds": progress.train_seconds,
