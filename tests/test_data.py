@@ -79,6 +79,19 @@ def test_no_cap_reads_every_row(data_dir):
     assert (len(splits["validation"]), len(splits["test"])) == (200, 200)
 
 
+def test_caps_stop_reading_a_split_file(tmp_path, rows):
+    """A capped split is read only up to its cap: a study's later runs do not parse a large file to use 8 rows of
+    it (a damaged line past the cap is then never reached)."""
+    lines = [json.dumps(r) for r in rows[:6]]
+    for split in ("train", "validation", "test"):
+        (tmp_path / f"{split}.jsonl").write_text("\n".join(lines[:4] + ["not json"] + lines[4:]) + "\n")
+    splits = load_splits(DataConfig(path=str(tmp_path), max_train_examples=4, max_eval_examples=3))
+    assert ids(splits) == {"train": [r["id"] for r in rows[:4]], "validation": [r["id"] for r in rows[:3]],
+                           "test": [r["id"] for r in rows[:3]]}
+    with pytest.raises(MedsumError, match=r"train\.jsonl line 5"):
+        load_splits(DataConfig(path=str(tmp_path), max_train_examples=5, max_eval_examples=3))
+
+
 def test_eval_cap_does_not_depend_on_the_run_seed(data_dir):
     a = load_run_config(None, [f"data.path={data_dir}", "data.max_eval_examples=6", "seed=1"])
     b = load_run_config(None, [f"data.path={data_dir}", "data.max_eval_examples=6", "seed=99"])
@@ -231,13 +244,28 @@ def test_tokenize_cache_hit_is_identical_and_does_not_retokenize(tmp_path, tiny_
     counting = CountingTokenizer(load_tokenizer(str(tiny_source)))
     first = tokenize(examples, counting, "summarize: ", 64, 32, cache=tmp_path)
     assert counting.calls == 2  # sources and targets
-    assert len(list(tmp_path.glob("*.pt"))) == 1
+    assert len(list(tmp_path.glob("*.json"))) == 1
     # a later run loads the tokenizer afresh and must find the entry
     counting = CountingTokenizer(load_tokenizer(str(tiny_source)))
     again = tokenize(examples, counting, "summarize: ", 64, 32, cache=tmp_path)
     assert again == first
     assert counting.calls == 0, "a cache hit must not tokenize again"
     assert first == tokenize(examples, load_tokenizer(str(tiny_source)), "summarize: ", 64, 32)  # same as uncached
+
+
+def test_tokenizer_fingerprint_ignores_and_keeps_truncation_state(tiny_source):
+    from medsum.data import tokenizer_fingerprint
+    from medsum.models import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_source))
+    plain = tokenizer_fingerprint(tokenizer)
+    backend = tokenizer.backend_tokenizer
+    backend.enable_truncation(7)
+    backend.enable_padding(pad_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token, length=9)
+    assert tokenizer_fingerprint(tokenizer) == plain
+    assert backend.truncation["max_length"] == 7 and backend.padding["length"] == 9  # restored
+    tokenizer.add_tokens(["<new-token>"])
+    assert tokenizer_fingerprint(tokenizer) != plain
 
 
 def test_tokenize_cache_key_does_not_depend_on_earlier_calls(tmp_path, tiny_splits, tiny_source):
@@ -248,7 +276,7 @@ def test_tokenize_cache_key_does_not_depend_on_earlier_calls(tmp_path, tiny_spli
     first = tokenize(examples, counting, "summarize: ", 64, 32, cache=tmp_path)
     assert tokenize(examples, counting, "summarize: ", 64, 32, cache=tmp_path) == first
     assert counting.calls == 2
-    assert len(list(tmp_path.glob("*.pt"))) == 1
+    assert len(list(tmp_path.glob("*.json"))) == 1
 
 
 @pytest.mark.parametrize("change", ["prefix", "max_source", "max_target", "texts"])
@@ -273,18 +301,16 @@ def test_tokenize_cache_key_covers_its_inputs(tmp_path, tiny_splits, tiny_source
 
 
 def test_damaged_cache_entry_is_rebuilt(tmp_path, tiny_splits, tiny_source):
-    import torch
-
     from medsum.models import load_tokenizer
 
     examples = tiny_splits["test"]
     first = tokenize(examples, load_tokenizer(str(tiny_source)), "summarize: ", 64, 32, cache=tmp_path)
-    (entry,) = tmp_path.glob("*.pt")
+    (entry,) = tmp_path.glob("*.json")
     entry.write_bytes(entry.read_bytes()[:20])
     counting = CountingTokenizer(load_tokenizer(str(tiny_source)))
     assert tokenize(examples, counting, "summarize: ", 64, 32, cache=tmp_path) == first
     assert counting.calls == 2  # the damaged entry was not trusted
-    assert torch.load(entry) == first  # and was replaced by a good one
+    assert json.loads(entry.read_text()) == first  # and was replaced by a good one
 
 
 # ---------------------------------------------------------------------------------------------- batching
