@@ -120,6 +120,8 @@ def test_unknown_method_names_the_known_ones():
     ("data.max_eval_examples=0", "data.max_eval_examples"),
     ("train.keep_checkpoints=0", "train.keep_checkpoints"),
     ("method.dropout=1", "method.dropout"),
+    ("model.dropout=1", "model.dropout"),
+    ("model.dropout=-0.1", "model.dropout"),
     ("method.target_modules=[]", "method.target_modules"),
 ])
 def test_out_of_range_values_name_the_key(override, key):

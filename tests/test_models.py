@@ -198,3 +198,27 @@ def test_hub_config_is_used_when_reachable_and_must_agree(monkeypatch):
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", lambda name, **kwargs: different)
     with pytest.raises(MedsumError, match="d_ff"):
         load_config("google/flan-t5-small")
+
+
+def test_model_dropout_replaces_every_dropout_probability(tiny_source, tmp_path):
+    """model.dropout sets the family's dropout keys: T5's dropout_rate reaches every nn.Dropout and attention; a
+    BART's three dropout settings all change; null keeps the checkpoint's."""
+    import torch
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    from medsum.models import load_pretrained
+
+    assert load_pretrained(str(tiny_source)).config.dropout_rate == 0.0  # the tiny model's own
+    model = load_pretrained(str(tiny_source), dropout=0.3)
+    assert model.config.dropout_rate == 0.3
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert layers and all(m.p == 0.3 for m in layers)
+    attention = model.encoder.block[0].layer[0].SelfAttention
+    assert attention.dropout == 0.3
+    bart = BartForConditionalGeneration(BartConfig(vocab_size=64, d_model=16, encoder_layers=1, decoder_layers=1,
+                                                   encoder_attention_heads=2, decoder_attention_heads=2,
+                                                   encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=32))
+    bart.save_pretrained(tmp_path / "bart")
+    config = load_pretrained(str(tmp_path / "bart"), dropout=0.0).config
+    assert (config.dropout, config.attention_dropout, config.activation_dropout) == (0.0, 0.0, 0.0)
+    assert load_pretrained(str(tmp_path / "bart")).config.dropout == 0.1

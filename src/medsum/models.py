@@ -25,14 +25,17 @@ class ModelFamily:
     prefix: str  # input prefix the family was instruction-tuned with
     lora_targets: tuple[str, ...]  # attention query/value projections
     fp16_safe: bool  # False: activations overflow fp16 (T5: transformers #9295, #10956)
+    dropout_keys: tuple[str, ...]  # config attributes holding the layers' dropout probabilities (model.dropout)
 
 
+_T5_DROPOUT = ("dropout_rate",)
+_BART_DROPOUT = ("dropout", "attention_dropout", "activation_dropout")
 FAMILIES: dict[str, ModelFamily] = {
-    "t5": ModelFamily("t5", "summarize: ", ("q", "v"), fp16_safe=False),
-    "longt5": ModelFamily("longt5", "summarize: ", ("q", "v"), fp16_safe=False),
-    "mt5": ModelFamily("mt5", "summarize: ", ("q", "v"), fp16_safe=False),
-    "bart": ModelFamily("bart", "", ("q_proj", "v_proj"), fp16_safe=True),
-    "pegasus": ModelFamily("pegasus", "", ("q_proj", "v_proj"), fp16_safe=True),
+    "t5": ModelFamily("t5", "summarize: ", ("q", "v"), fp16_safe=False, dropout_keys=_T5_DROPOUT),
+    "longt5": ModelFamily("longt5", "summarize: ", ("q", "v"), fp16_safe=False, dropout_keys=_T5_DROPOUT),
+    "mt5": ModelFamily("mt5", "summarize: ", ("q", "v"), fp16_safe=False, dropout_keys=_T5_DROPOUT),
+    "bart": ModelFamily("bart", "", ("q_proj", "v_proj"), fp16_safe=True, dropout_keys=_BART_DROPOUT),
+    "pegasus": ModelFamily("pegasus", "", ("q_proj", "v_proj"), fp16_safe=True, dropout_keys=_BART_DROPOUT),
 }
 
 
@@ -268,13 +271,19 @@ def load_tokenizer(source: str):
             from None
 
 
-def load_pretrained(source: str):
-    """The pretrained seq2seq model (weights included) from a local directory or the hub."""
+def load_pretrained(source: str, dropout: float | None = None):
+    """The pretrained seq2seq model (weights included) from a local directory or the hub; ``dropout`` (when not
+    None) replaces every dropout probability of its layers (the family's ``dropout_keys``)."""
     from transformers import AutoModelForSeq2SeqLM
 
     _quiet_transformers()
     try:
-        return AutoModelForSeq2SeqLM.from_pretrained(source)
+        if dropout is None:
+            return AutoModelForSeq2SeqLM.from_pretrained(source)
+        config = load_config(source)
+        for key in family_of(config).dropout_keys:
+            setattr(config, key, dropout)
+        return AutoModelForSeq2SeqLM.from_pretrained(source, config=config)
     except (OSError, ValueError) as err:
         hint = ""
         if is_known_flan_t5(source):

@@ -140,7 +140,7 @@ def setup(cfg: RunConfig) -> Setup:
     train_texts = [t for e in splits["train"] for t in (e.source, e.target)]
     source = resolve_model_source(cfg.model.name, train_texts)
     tokenizer = load_tokenizer(source)
-    model = load_pretrained(source)
+    model = load_pretrained(source, cfg.model.dropout)
     family = family_of(model.config)
     if cfg.train.precision == "fp16" and not family.fp16_safe:
         raise MedsumError(f"train.precision: fp16 is not supported for {family.model_type} models (activations "
