@@ -140,6 +140,16 @@ def cpu_flags() -> set[str]:
         return set()
 
 
+def add_job_flags(parser, job) -> None:
+    """The flags that size the issue's job (``job``: stock_recipe.Job, whose fields are the defaults)."""
+    parser.add_argument("--model", choices=("small", "tiny"), default="small")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--steps", type=int, default=job.steps)
+    parser.add_argument("--examples", type=int, default=job.train_examples, help="training examples")
+    parser.add_argument("--eval-examples", type=int, default=job.eval_examples, help="validation and test examples")
+    parser.add_argument("--progress", action="store_true")
+
+
 def add_machine_flags(parser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     parser.add_argument("--omp-passive", action="store_true",

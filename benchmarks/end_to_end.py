@@ -142,18 +142,13 @@ def full_reference_rouge1(data_dir: Path, predictions: list[str]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=("small", "tiny"), default="small")
-    parser.add_argument("--data", type=Path, default=common.DEFAULT_DATA)
-    parser.add_argument("--steps", type=int, default=Job.steps)
-    parser.add_argument("--examples", type=int, default=Job.train_examples, help="training examples")
-    parser.add_argument("--eval-examples", type=int, default=Job.eval_examples, help="validation and test examples")
+    common.add_job_flags(parser, Job)
     parser.add_argument("--repeats", type=int, default=1, help="pairs of runs; the first side alternates")
     parser.add_argument("--second-run", action="store_true",
                         help="also run medsum a second time on the warm tokenize cache (default: time its data "
                              "preparation alone)")
     parser.add_argument("--medsum-set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="extra `medsum train` overrides, to try other defaults (e.g. train.precision=bf16)")
-    parser.add_argument("--progress", action="store_true")
     common.add_machine_flags(parser)
     args = parser.parse_args()
     common.apply_machine_flags(args)
@@ -224,8 +219,9 @@ Job: {args.model} model, LoRA r={job.lora_r} on q,v, {job.steps} steps of batch 
 {job.length_penalty}, no repeated {job.no_repeat_ngram_size}-grams, {job.min_new_tokens}-{job.max_new_tokens} new
 tokens). Stock: padding to max length, {job.num_beams}-beam validation on every validation example per epoch, best
 checkpoint saved and reloaded, ROUGE against decoded (truncated) labels. medsum: its defaults, i.e. dynamic padding,
-length-grouped batches, greedy validation on at most train.eval_max_examples examples, tokenize cache (cold here),
-ROUGE against the full references. On this data every article is longer than 512 tokens and every abstract longer
+length-grouped batches, no validation (this job has one epoch, so its one validation would fall on the last step
+and could not select anything: train.validate_lone_candidate=false skips it), beam search that does not reorder
+the encoder's cross-attention cache, tokenize cache (cold here), ROUGE against the full references. On this data every article is longer than 512 tokens and every abstract longer
 than 128, so dynamic padding and length grouping have no padding to remove in this job. "train s" of the stock
 recipe is its wall time less data, validation and test (it includes model loading and checkpoint saving); of medsum
 it is the time inside its training steps.

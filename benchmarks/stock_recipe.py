@@ -148,15 +148,11 @@ def run_stock_recipe(model_dir: Path, data_dir: Path, output_dir: Path, job: Job
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=("small", "tiny"), default="small")
-    parser.add_argument("--data", type=Path, default=common.DEFAULT_DATA)
-    parser.add_argument("--steps", type=int, default=Job.steps)
-    parser.add_argument("--examples", type=int, default=Job.train_examples, help="training examples")
-    parser.add_argument("--progress", action="store_true")
+    common.add_job_flags(parser, Job)
     common.add_machine_flags(parser)
     args = parser.parse_args()
     common.apply_machine_flags(args)
-    job = Job(steps=args.steps, train_examples=args.examples)
+    job = Job(steps=args.steps, train_examples=args.examples, eval_examples=args.eval_examples)
     model_dir = common.model_dir(args.model, args.data)
     with tempfile.TemporaryDirectory(prefix="stock-recipe-") as output_dir:
         result = run_stock_recipe(model_dir, args.data, Path(output_dir), job, show_progress=args.progress)
