@@ -215,16 +215,17 @@ time); {second_line}target: under 5%.
 
 Job: {args.model} model, LoRA r={job.lora_r} on q,v, {job.steps} steps of batch {job.batch_size},
 {job.train_examples} training, {job.eval_examples} validation and {job.eval_examples} test examples, source
-{job.max_source_tokens} / target {job.max_target_tokens} tokens, test generation {job.num_beams} beams (length penalty
-{job.length_penalty}, no repeated {job.no_repeat_ngram_size}-grams, {job.min_new_tokens}-{job.max_new_tokens} new
-tokens). Stock: padding to max length, {job.num_beams}-beam validation on every validation example per epoch, best
-checkpoint saved and reloaded, ROUGE against decoded (truncated) labels. medsum: its defaults, i.e. dynamic padding,
-length-grouped batches, no validation (this job has one epoch, so its one validation would fall on the last step
-and could not select anything: train.validate_lone_candidate=false skips it), beam search that does not reorder
-the encoder's cross-attention cache, tokenize cache (cold here), ROUGE against the full references. On this data every article is longer than 512 tokens and every abstract longer
-than 128, so dynamic padding and length grouping have no padding to remove in this job. "train s" of the stock
-recipe is its wall time less data, validation and test (it includes model loading and checkpoint saving); of medsum
-it is the time inside its training steps.
+{job.max_source_tokens} / target {job.max_target_tokens} tokens, test generation {job.num_beams} beams (length
+penalty {job.length_penalty}, no repeated {job.no_repeat_ngram_size}-grams,
+{job.min_new_tokens}-{job.max_new_tokens} new tokens). Stock: padding to max length, {job.num_beams}-beam validation
+on every validation example per epoch, best checkpoint saved and reloaded, ROUGE against decoded (truncated) labels.
+medsum: its defaults, i.e. dynamic padding, length-grouped batches, no validation (this job has one epoch, so its
+one validation would fall on the last step and could not select anything: train.validate_lone_candidate=false skips
+it), beam search that does not reorder the encoder's cross-attention cache, tokenize cache (cold here), ROUGE
+against the full references. On this data every article is longer than 512 tokens and every abstract longer than
+128, so dynamic padding and length grouping have no padding to remove in this job. "train s" of the stock recipe is
+its wall time less data, validation and test (it includes model loading and checkpoint saving); of medsum it is the
+time inside its training steps.
 """
     if args.medsum_set:
         notes += f"medsum ran with these extra overrides: `{' '.join(args.medsum_set)}`.\n"

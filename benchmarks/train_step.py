@@ -99,7 +99,8 @@ def matmul_peak(dtype, size: int = 4096, seconds: float = 2.0) -> float:
     return best
 
 
-def build_setup(model_dir: Path, data_dir: Path, method: str, precision: str, shape: Shape):
+def build_setup(model_dir: Path, data_dir: Path, method: str, precision: str, shape: Shape,
+                extra: tuple[str, ...] = ()):
     """medsum's own run setup (model, method, accelerator, tokenized data) for one configuration."""
     from accelerate.state import AcceleratorState
 
@@ -110,19 +111,9 @@ def build_setup(model_dir: Path, data_dir: Path, method: str, precision: str, sh
     cfg = load_run_config(None, [f"model.name={model_dir}", f"data.path={data_dir}", f"method.name={method}",
                                  f"train.precision={precision}", f"train.batch_size={shape.batch}",
                                  f"data.max_train_examples={shape.batch}", "data.max_eval_examples=1",
-                                 f"data.max_source_tokens={shape.source}", f"data.max_target_tokens={shape.target}"])
+                                 f"data.max_source_tokens={shape.source}", f"data.max_target_tokens={shape.target}",
+                                 *extra])
     return setup(cfg)
-
-
-def disable_dropout(model) -> None:
-    """Every dropout of the model (T5's own, LoRA's) to 0: what a step costs without drawing the random masks."""
-    import torch
-
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-        elif isinstance(getattr(module, "dropout", None), float):  # T5Attention passes a float to its kernel
-            module.dropout = 0.0
 
 
 def cpu_attention_flop_formulas() -> dict:
@@ -197,8 +188,9 @@ def main() -> None:
     parser.add_argument("--target", type=int, default=128, help="target tokens")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per configuration (after one warm-up)")
     parser.add_argument("--no-profile", action="store_true", help="skip the profiled step (matmul share of time)")
-    parser.add_argument("--no-dropout", action="store_true",
-                        help="what-if: set every dropout to 0, to measure what drawing dropout masks costs")
+    parser.add_argument("--model-dropout", type=float, default=None, metavar="P",
+                        help="medsum's model.dropout (default: the checkpoint's, 0.1 for Flan-T5); 0 measures what "
+                             "drawing the dropout masks costs")
     parser.add_argument("--compile", action="store_true", help="torch.compile the forward (medsum's train.compile)")
     common.add_machine_flags(parser)
     args = parser.parse_args()
@@ -213,9 +205,8 @@ def main() -> None:
     for method in args.methods:
         for precision in args.precisions:
             before = common.load()
-            setup_ = build_setup(model_dir, args.data, method, precision, shape)
-            if args.no_dropout:
-                disable_dropout(setup_.model)
+            extra = () if args.model_dropout is None else (f"model.dropout={args.model_dropout}",)
+            setup_ = build_setup(model_dir, args.data, method, precision, shape, extra)
             # the peak right before and after this configuration: on a shared machine the load changes between rows
             peak = matmul_peak(dtypes[precision])
             r = measure(setup_, args.steps, profile=not args.no_profile, compile_forward=args.compile)
@@ -224,7 +215,7 @@ def main() -> None:
             config = setup_.model.base_model.config if hasattr(setup_.model, "base_model") else setup_.model.config
             flops = step_flops(config, method, shape)
             achieved = flops / r["seconds"]
-            dropout = "0 (what-if)" if args.no_dropout else "model's"
+            dropout = f"model.dropout={args.model_dropout:g}" if args.model_dropout is not None else "checkpoint's"
             how = precision + (" compiled" if args.compile else "")
             rows.append([method, how, dropout, f"{r['seconds']:.2f}", f"{r['tokens'] / r['seconds']:,.0f}",
                          f"{flops / 1e9:,.0f}", f"{r['counted_flops'] / 1e9:,.0f}", f"{achieved / 1e9:,.0f}",
