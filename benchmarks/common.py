@@ -31,6 +31,7 @@ SMALL_LAYOUT = "google/flan-t5-small"
 TOKENIZER_TRAINING_ROWS = 400  # ~12 MB of text: enough for 32,128 unigram pieces, built in well under a minute
 MODEL_INIT_SEED = 0
 BENCH_MODEL_VERSION = "v1"  # bump to rebuild the cached benchmark models
+report_path = PERFORMANCE_MD  # where report() appends; --report changes it
 
 HEADER = """\
 # Performance
@@ -152,6 +153,8 @@ def add_job_flags(parser, job) -> None:
 
 def add_machine_flags(parser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
+    parser.add_argument("--report", type=Path, default=PERFORMANCE_MD, metavar="PATH",
+                        help="markdown file the result table is appended to (default: docs/performance.md)")
     parser.add_argument("--omp-passive", action="store_true",
                         help="OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning. On a shared, "
                              "overloaded machine spinning threads slow small operations (generation) several-fold")
@@ -161,6 +164,8 @@ def apply_machine_flags(args) -> None:
     """Must run before torch is imported: OpenMP reads its wait policy once, at start."""
     if "torch" in sys.modules and args.omp_passive:
         raise RuntimeError("--omp-passive must be applied before torch is imported")
+    global report_path
+    report_path = args.report
     if args.omp_passive:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     import torch
@@ -228,8 +233,10 @@ def commit() -> str:
     return head + ("+changes" if git("status", "--porcelain", "--", "src", "benchmarks") else "")
 
 
-def report(title: str, table: str, notes: str = "", path: Path = PERFORMANCE_MD) -> None:
-    """Prints a result table and appends it, with command, date, commit and machine, to docs/performance.md."""
+def report(title: str, table: str, notes: str = "", path: Path | None = None) -> None:
+    """Prints a result table and appends it, with command, date, commit and machine, to docs/performance.md (or
+    to ``--report PATH``)."""
+    path = path or report_path
     now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     section = (f"\n## {title}\n\n`{command_line()}`  \n{now}; medsum {commit()}; {machine()}; "
                f"load average at the end {load()}\n\n"

@@ -96,7 +96,7 @@ def run_medsum(model_dir: Path, data_dir: Path, output_dir: Path, cache: Path, j
     argv = ["train", *medsum_overrides(model_dir, data_dir, output_dir, job), *extra, "--force"]
     if not show_progress:
         argv.append("--quiet")
-    times: dict = {"load": [common.load()]}
+    times: dict = {"load": [common.load()], "data_seconds": 0.0, "eval_seconds": 0.0, "test_seconds": 0.0}
     with medsum_cache(cache), timing_medsum_phases(times):
         start, cpu_start = time.perf_counter(), time.process_time()
         code = medsum_main(argv)
