@@ -1,4 +1,5 @@
-# make demo: the offline demo study; make test: the test suite. Each sets up .venv itself when needed.
+# make demo: the offline demo study; make test: the test suite; make bench: the benchmarks of docs/performance.md
+# (about 30 minutes on 2 CPU cores; each appends its table there). Each sets up .venv itself when needed.
 # GPU users: make TORCH_SPEC='torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128' test
 PYTHON ?= python3
 VENV ?= .venv
@@ -6,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 DATA ?= ../shared/data/sumpubmed
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-all lint clean
+.PHONY: demo test test-all bench lint clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +24,11 @@ test: $(BIN)/.installed
 
 test-all: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m ''
+
+bench: $(BIN)/.installed
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/end_to_end.py --omp-passive --repeats 2
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/train_step.py --omp-passive
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/generate.py --omp-passive
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests benchmarks

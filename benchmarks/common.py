@@ -41,17 +41,20 @@ exact command, the date, the machine and the load average (`os.getloadavg()`, 1/
 the measurement. On a shared machine a load average above the number of cores means the figures are slowed by
 other work: compare only figures taken side by side in one table.
 
-Reproduce (from the repository root, offline; the first run builds the benchmark model once, ~1 minute):
+Reproduce from the repository root, offline (the first run builds the benchmark model once, about a minute):
 
 ```
-export PYTHONPATH=$PWD/src HF_HUB_OFFLINE=1
-python benchmarks/end_to_end.py     # the LoRA job: stock Seq2SeqTrainer recipe vs `medsum train`
-python benchmarks/train_step.py     # tokens/s and model FLOP utilisation per method, fp32 and bf16
-python benchmarks/generate.py       # generation tokens/s and ROUGE scoring throughput
-python benchmarks/stock_recipe.py   # the stock recipe alone
+make bench    # all of the below, after setting up .venv like `make test`
+
+export HF_HUB_OFFLINE=1   # or one at a time, with the .venv that `make test` creates:
+.venv/bin/python benchmarks/end_to_end.py     # the LoRA job: stock Seq2SeqTrainer recipe vs `medsum train`
+.venv/bin/python benchmarks/train_step.py     # tokens/s and model FLOP utilisation per method, fp32 and bf16
+.venv/bin/python benchmarks/generate.py       # generation tokens/s and ROUGE scoring throughput
+.venv/bin/python benchmarks/stock_recipe.py   # the stock recipe alone
 ```
 
-Each takes `--model tiny` (medsum's toy model) for a quick check of the script itself; `--help` lists the rest.
+Each takes `--model tiny` (medsum's toy model) for a quick check of the script itself (tests/test_benchmarks.py
+runs every script that way) and `--report PATH` to append elsewhere; `--help` lists the rest.
 On a machine shared with other work, add `--omp-passive` (`OMP_WAIT_POLICY=PASSIVE`): with the default policy,
 OpenMP threads spin while waiting, and when other processes hold the cores, the many small operations of generation
 become several times slower, which distorts every comparison that involves generation.

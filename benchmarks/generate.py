@@ -6,7 +6,8 @@ test settings (4 beams, length penalty 2.0, no repeated 3-grams, 30-128 new toke
 (test articles cut at 512 tokens: every article is longer, so all rows have the same length) and one of varied
 length (the test abstracts as sources, 160-670 tokens), where sorting by length has padding to save.
 
-ROUGE: ``medsum.evaluate.rouge_per_example`` (a process pool over all cores) against single-process rouge-score
+ROUGE: ``medsum.evaluate.rouge_per_example`` (rouge-score's tokenizer over a memoized stemmer; in one process, and
+in a process pool over all cores) against single-process rouge-score
 (one ``RougeScorer`` with rouge1/2/L/Lsum and stemming, one pair at a time) on the same pairs (references: the
 training abstracts; predictions: the lead sentences of each article, a realistic summary-length text); the script
 asserts that both give identical scores.
@@ -105,6 +106,8 @@ def rouge_rows(data_dir: Path, pairs: int) -> list[list]:
 
     results = {}
     for name, score in (("rouge-score, one process", single_process),
+                        ("medsum rouge_per_example, one process",
+                         lambda: rouge_per_example(references, predictions, workers=1)),
                         ("medsum rouge_per_example, process pool", lambda: rouge_per_example(references, predictions)),
                         ("rouge-score, one process (again)", single_process)):
         before = common.load()
