@@ -42,7 +42,7 @@ class ModelConfig:
     dropout: float | None = setting(
         None, "Dropout probability of the model's own layers (T5: dropout_rate; BART/PEGASUS: dropout, attention "
               "and activation dropout); null keeps the checkpoint's (0.1 for Flan-T5). 0 makes a CPU training step "
-              "about 1.4x faster (docs/performance.md) but is a different training recipe."
+              "1.7-2.1x faster at fp32 (docs/performance.md) but is a different training recipe."
     )
 
 
