@@ -213,7 +213,7 @@ def test_beam_search_without_cross_attention_reorder_finds_the_same_beams(method
         assert cross_reorders, "the default cache reorders both caches"
         cross_reorders.clear()
         cache = evaluate._beam_search_cache(model, 4)
-        fast = model.generate(**batch, cache=cache, **settings)
+        fast = model.generate(**batch, **{evaluate._generate_cache_argument(): cache}, **settings)
     assert not cross_reorders and type(cache).__name__ == "SelfAttentionReorderedCache"
     assert torch.equal(fast.sequences, default.sequences)
     assert torch.allclose(fast.sequences_scores, default.sequences_scores, atol=1e-6)

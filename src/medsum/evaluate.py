@@ -123,6 +123,15 @@ def _beam_search_cache(model, num_beams: int):
 
 
 @functools.cache
+def _generate_cache_argument() -> str:
+    """The name ``generate`` takes a cache under: ``cache`` in recent transformers 5 releases, ``past_key_values``
+    before (the first of the names its beam search reorders)."""
+    from transformers.generation import utils
+
+    return getattr(utils, "ALL_CACHE_NAMES", ["past_key_values"])[0]
+
+
+@functools.cache
 def _self_attention_reordered_cache_class():
     from transformers import EncoderDecoderCache
 
@@ -155,7 +164,7 @@ def generate_texts(model, tokenizer, input_ids: list[list[int]], settings: dict[
         with torch.no_grad(), torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype,
                                              enabled=autocast_dtype is not None):
             cache = _beam_search_cache(model, settings.get("num_beams", 1))
-            extra = {"cache": cache} if cache is not None else {}
+            extra = {_generate_cache_argument(): cache} if cache is not None else {}
             output = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra,
                                     **settings)
         output = output.cpu()
