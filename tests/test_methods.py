@@ -223,3 +223,27 @@ def test_beam_search_without_cross_attention_reorder_finds_the_same_beams(method
                               "cpu")
     assert texts == [tiny_tokenizer.decode(row[1:], skip_special_tokens=True).strip()
                      for row in default.sequences.tolist()]
+
+
+def test_beam_search_cache_gives_the_default_beams_on_bart():
+    """Nothing in the beam-search cache is T5's: a BART finds the same beams with it as with the default cache."""
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    from medsum import evaluate
+
+    torch.manual_seed(0)
+    model = BartForConditionalGeneration(BartConfig(
+        vocab_size=96, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64)).eval()
+    input_ids = torch.randint(4, 96, (3, 20))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 14:] = 0
+    settings = {**generation_kwargs(4, 2.0, 3, 5, 12), "return_dict_in_generate": True, "output_scores": True}
+    with torch.no_grad():
+        default = model.generate(input_ids=input_ids, attention_mask=attention_mask, **settings)
+        cache = evaluate._beam_search_cache(model, 4)
+        fast = model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                              **{evaluate._generate_cache_argument(): cache}, **settings)
+    assert type(cache).__name__ == "SelfAttentionReorderedCache"
+    assert torch.equal(fast.sequences, default.sequences)
+    assert torch.allclose(fast.sequences_scores, default.sequences_scores, atol=1e-6)
