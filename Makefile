@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 DATA ?= ../shared/data/sumpubmed
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-all bench lint clean
+.PHONY: demo test bench lint clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,10 +19,8 @@ $(BIN)/.installed: pyproject.toml Makefile
 demo: $(BIN)/.installed
 	$(BIN)/medsum demo --data $(DATA) --output runs/demo
 
+# the whole suite, `slow` tests included (they add ~20 s); a bare `pytest` skips them for a quick loop
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q
-
-test-all: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m ''
 
 bench: $(BIN)/.installed
