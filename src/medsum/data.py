@@ -153,14 +153,15 @@ def _looks_like_hub_id(path: str) -> bool:
 def load_splits(cfg: DataConfig) -> dict[str, list[Example]]:
     """The train/validation/test Examples, capped as configured."""
     path = Path(cfg.path).expanduser()
+    caps = {"train": cfg.max_train_examples or None, "validation": cfg.max_eval_examples or None,
+            "test": cfg.max_eval_examples or None}
     if path.is_dir():
         files = _split_file(path)
         missing = [s for s in SPLITS if s not in files]
         if missing:
             raise MedsumError(f"data.path: {path} has no {'/'.join(missing)} split file "
                               f"(expected {{train,validation,test}}.jsonl[.gz], .csv or .parquet)")
-        caps = {"train": cfg.max_train_examples, "validation": cfg.max_eval_examples, "test": cfg.max_eval_examples}
-        splits = {split: read_examples(files[split], cfg, split, caps[split] or None) for split in SPLITS}
+        splits = {split: read_examples(files[split], cfg, split, caps[split]) for split in SPLITS}
     elif path.is_file():
         if not _suffix(path):
             raise MedsumError(f"data.path: {path} is not a .jsonl, .jsonl.gz, .csv or .parquet file")
@@ -169,12 +170,7 @@ def load_splits(cfg: DataConfig) -> dict[str, list[Example]]:
         splits = _load_hub(cfg)
     else:
         raise MedsumError(f"data.path: no such file or directory: {cfg.path}")
-    if cfg.max_train_examples:
-        splits["train"] = splits["train"][: cfg.max_train_examples]
-    if cfg.max_eval_examples:
-        for split in ("validation", "test"):
-            splits[split] = splits[split][: cfg.max_eval_examples]
-    return splits
+    return {split: examples[: caps[split]] for split, examples in splits.items()}
 
 
 # ---------------------------------------------------------------------------------------------- tokenizing

@@ -156,6 +156,7 @@ def generate_texts(model, tokenizer, input_ids: list[list[int]], settings: dict[
     texts: list[str] = [""] * len(input_ids)
     generated_tokens = 0
     pad_id = tokenizer.pad_token_id
+    special = set(tokenizer.all_special_ids)
     model.eval()
     for start in range(0, len(order), batch_size):
         indices = order[start:start + batch_size]
@@ -168,7 +169,6 @@ def generate_texts(model, tokenizer, input_ids: list[list[int]], settings: dict[
             output = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra,
                                     **settings)
         output = output.cpu()
-        special = set(tokenizer.all_special_ids)
         for row, index in zip(output, indices):
             tokens = [t for t in row.tolist()[1:] if t != pad_id]  # drop the decoder start token
             generated_tokens += len(tokens)

@@ -13,6 +13,7 @@ The run directory (documented once, here):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -240,16 +241,15 @@ def _train_step(setup_: Setup, model, optimizer, scheduler, rows: list[list[dict
     accelerator = setup_.accelerator
     pad_id = setup_.tokenizer.pad_token_id
     batches = [collate(r, pad_id) for r in rows]
-    local_tokens = sum(int((b["labels"] != -100).sum()) for b in batches)
-    global_tokens = float(accelerator.reduce(torch.tensor(local_tokens, dtype=torch.float64,
+    label_tokens = [int((b["labels"] != -100).sum()) for b in batches]
+    global_tokens = float(accelerator.reduce(torch.tensor(sum(label_tokens), dtype=torch.float64,
                                                           device=accelerator.device), reduction="sum"))
     loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
     real_tokens = 0
-    for i, batch in enumerate(batches):
+    for i, (batch, n_tokens) in enumerate(zip(batches, label_tokens)):
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        n_tokens = int((batch["labels"] != -100).sum())
         real_tokens += n_tokens + int(batch["attention_mask"].sum())
-        sync = accelerator.no_sync(model) if i < len(batches) - 1 else _nullcontext()
+        sync = accelerator.no_sync(model) if i < len(batches) - 1 else contextlib.nullcontext()
         with sync, accelerator.autocast():
             step_model = forward if forward is not None else model  # a compiled module has no truth value
             mean_loss = step_model(**batch).loss
@@ -265,14 +265,6 @@ def _train_step(setup_: Setup, model, optimizer, scheduler, rows: list[list[dict
     optimizer.zero_grad(set_to_none=True)
     total_loss = float(accelerator.reduce(loss_sum, reduction="sum")) / max(global_tokens, 1.0)
     return total_loss, real_tokens
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def generate_sharded(setup_: Setup, model, encoded: list[dict], settings: dict, progress=None) -> tuple[list[str], int]:
@@ -296,10 +288,15 @@ def generate_sharded(setup_: Setup, model, encoded: list[dict], settings: dict, 
     return [ordered[i] for i in range(len(encoded))], total
 
 
+def _validation_rows(setup_: Setup) -> int:
+    """How many validation rows (the first ones) validation during training scores: train.eval_max_examples."""
+    return min(len(setup_.splits["validation"]), setup_.cfg.train.eval_max_examples or len(setup_.splits["validation"]))
+
+
 def validate(setup_: Setup, model) -> dict[str, float]:
     """Cheap model selection: greedy (train.eval_num_beams) on at most train.eval_max_examples validation rows."""
     cfg = setup_.cfg
-    limit = cfg.train.eval_max_examples or len(setup_.encoded["validation"])
+    limit = _validation_rows(setup_)
     references = [e.target for e in setup_.splits["validation"][:limit]]
     g = cfg.generate
     settings = generation_kwargs(cfg.train.eval_num_beams, g.length_penalty, g.no_repeat_ngram_size,
@@ -555,9 +552,7 @@ def _validation_summary(setup_: Setup, progress: Progress) -> dict[str, Any]:
         return {"best_step": progress.best_step, "evaluations": 0,
                 "skipped": "one candidate only (the final weights); train.validate_lone_candidate=true validates it"}
     return {**progress.best_validation, "best_step": progress.best_step, "evaluations": progress.evaluations,
-            "num_beams": cfg.train.eval_num_beams,
-            "examples": min(len(setup_.splits["validation"]),
-                            cfg.train.eval_max_examples or len(setup_.splits["validation"]))}
+            "num_beams": cfg.train.eval_num_beams, "examples": _validation_rows(setup_)}
 
 
 def write_results(setup_: Setup, run_dir: Path, progress: Progress, test_summary: dict, rows: list[dict],
