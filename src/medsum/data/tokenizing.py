@@ -100,7 +100,7 @@ class Encoded(Sequence):
                 yield {"input_ids": input_ids, "labels": labels}
 
     def lengths(self) -> list[int]:
-        return list(self.table["length"])
+        return self.table.data.column("length").to_pylist()
 
 
 def _example_batches(examples: Sequence[Example], size: int) -> Iterator[list[Example]]:
