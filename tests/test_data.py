@@ -447,3 +447,22 @@ def test_processes_asking_for_one_entry_build_it_once(tmp_path):
     assert [w.exitcode for w in workers] == [0, 0, 0]
     assert log.read_text() == "built\n"
     assert (tmp_path / "entry" / "data.arrow").read_bytes() == b"x" * 100
+
+
+def test_hub_dataset_splits_read_from_datasets_cache_files(tmp_path, rows, monkeypatch):
+    """A hub dataset is used as `datasets` cached it: column checks, generated ids, caps, batched reading from its
+    Arrow files (the hub is unreachable here: `load_dataset` returns a DatasetDict saved to disk, as it would)."""
+    import datasets
+
+    records = {"article": [r["article"] for r in rows], "abstract": [r["abstract"] for r in rows]}
+    saved = tmp_path / "hub-copy"
+    datasets.DatasetDict({split: datasets.Dataset.from_dict(records)
+                          for split in ("train", "validation", "test")}).save_to_disk(str(saved))
+    monkeypatch.setattr(datasets, "load_dataset", lambda path: datasets.load_from_disk(str(saved)))
+    splits = load_splits(DataConfig(path="ccdv/pubmed-summarization", max_eval_examples=5))
+    assert splits["train"].arrow_files and len(splits["train"]) == N_ROWS and len(splits["test"]) == 5
+    assert [e.id for e in splits["test"]] == [f"test-{i}" for i in range(5)]
+    assert [e.target for e in splits["train"]] == records["abstract"]
+    assert splits["test"][4].source == records["article"][4]
+    with pytest.raises(MedsumError, match="'summary' column"):
+        load_splits(DataConfig(path="ccdv/pubmed-summarization", target_field="summary"))

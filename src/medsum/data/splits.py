@@ -29,17 +29,18 @@ class Split(Sequence):
     """A split's examples over an Arrow table: ``len``, indexing (an Example; a slice gives a list), and batched
     iteration, without holding the texts in memory. ``fingerprint`` identifies the content (the tokenize cache key).
 
-    A split prepared from a local file also knows its Arrow file and which of its rows it holds (``rows``: None for
-    all, else increasing row numbers): iterating then reads the file in batches instead of through the memory map,
+    A split backed by Arrow files (a prepared local file; a hub split as ``datasets`` cached it) also knows them and
+    which of their rows it holds (``rows``: None for all, else increasing row numbers over the files in order):
+    iterating then reads the files in batches instead of through the memory map,
     because every mapped page that a pass touches counts in the process's resident memory (3.4 GB for 120,000
     PubMed articles) while pages read into a buffer are freed batch by batch.
     """
 
     def __init__(self, table, name: str, fingerprint: str, columns: tuple[str | None, str, str] = ("id", "source",
                                                                                                 "target"),
-                 arrow_file: Path | None = None, rows: Sequence[int] | None = None):
+                 arrow_files: list[Path] | None = None, rows: Sequence[int] | None = None):
         self.table, self.name, self.fingerprint, self.columns = table, name, fingerprint, columns
-        self.arrow_file, self.rows = arrow_file, rows
+        self.arrow_files, self.rows = arrow_files, rows
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -59,11 +60,11 @@ class Split(Sequence):
         return self._example(self.table[position], position)
 
     def _row_dicts(self) -> Iterator[dict[str, Any]]:
-        if self.arrow_file is None:
+        if not self.arrow_files:
             for batch in self.table.iter(batch_size=WRITE_BATCH_ROWS):
                 yield from (dict(zip(batch, values)) for values in zip(*batch.values()))
             return
-        yield from _read_rows(self.arrow_file, self.rows)
+        yield from _read_rows(self.arrow_files, self.rows)
 
     def batches(self, size: int) -> Iterator[list[Example]]:
         batch: list[Example] = []
@@ -82,7 +83,7 @@ class Split(Sequence):
     def select(self, rows: Sequence[int], fingerprint: str) -> Split:
         """The split of these (increasing) row numbers of this one."""
         chosen = rows if self.rows is None else [self.rows[i] for i in rows]
-        return Split(self.table.select(rows), self.name, fingerprint, self.columns, self.arrow_file, chosen)
+        return Split(self.table.select(rows), self.name, fingerprint, self.columns, self.arrow_files, chosen)
 
     def head(self, n: int | None) -> Split:
         if n is None or n >= len(self):
@@ -90,27 +91,28 @@ class Split(Sequence):
         return self.select(range(n), _derived(self.fingerprint, "head", n))
 
 
-def _read_rows(arrow_file: Path, rows: Sequence[int] | None) -> Iterator[dict[str, Any]]:
-    """The rows of an Arrow stream file (all, or the given increasing row numbers), read batch by batch."""
+def _read_rows(arrow_files: list[Path], rows: Sequence[int] | None) -> Iterator[dict[str, Any]]:
+    """The rows of Arrow stream files read in order (all, or the given increasing row numbers), batch by batch."""
     import pyarrow as pa
 
     wanted = iter(rows) if rows is not None else None
     next_row = next(wanted, None) if wanted is not None else 0
     offset = 0
-    with pa.OSFile(str(arrow_file)) as handle:
-        for record_batch in pa.ipc.open_stream(handle):
-            if next_row is None:
-                return
-            end = offset + record_batch.num_rows
-            if wanted is None:
-                yield from record_batch.to_pylist()
-            elif next_row < end:
-                picked = []
-                while next_row is not None and next_row < end:
-                    picked.append(next_row - offset)
-                    next_row = next(wanted, None)
-                yield from record_batch.take(picked).to_pylist()
-            offset = end
+    for arrow_file in arrow_files:
+        with pa.OSFile(str(arrow_file)) as handle:
+            for record_batch in pa.ipc.open_stream(handle):
+                if next_row is None:
+                    return
+                end = offset + record_batch.num_rows
+                if wanted is None:
+                    yield from record_batch.to_pylist()
+                elif next_row < end:
+                    picked = []
+                    while next_row is not None and next_row < end:
+                        picked.append(next_row - offset)
+                        next_row = next(wanted, None)
+                    yield from record_batch.take(picked).to_pylist()
+                offset = end
 
 
 def _derived(*parts: Any) -> str:
@@ -168,7 +170,7 @@ def read_split_file(path: Path, cfg: DataConfig, label: str, cap: int | None, ca
                                       path.name)
     # the Arrow file's checksum identifies the content: the same rows always write the same bytes
     return Split(store.open_dataset(entry), label, _derived(PREPARED_FORMAT, meta["xxh64"], meta["rows"]),
-                 arrow_file=entry / store.DATA_FILE)
+                 arrow_files=[entry / store.DATA_FILE])
 
 
 def _split_file_names(path: Path) -> dict[str, Path]:
@@ -222,8 +224,10 @@ def _load_hub(cfg: DataConfig) -> dict[str, Split]:
             if getattr(table.features[name], "dtype", None) not in ("string", "large_string"):
                 raise MedsumError(f"{cfg.path}[{split}]: column {name!r} is not text ({key})")
         id_column = "id" if "id" in table.column_names else None
+        # read in batches from datasets' own cache files when the split is exactly their rows
+        files = [Path(f["filename"]) for f in table.cache_files] if table._indices is None else None
         out[split] = Split(table, split, _derived(table._fingerprint, cfg.source_field, cfg.target_field),
-                           (id_column, cfg.source_field, cfg.target_field))
+                           (id_column, cfg.source_field, cfg.target_field), files or None)
     return out
 
 
