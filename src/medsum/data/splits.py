@@ -136,6 +136,8 @@ def _example_batches(path: Path, cfg: DataConfig, label: str, cap: int | None, b
         first_seen[example.id] = line_number
         batch.append(example)
         if len(first_seen) == cap or len(batch) == WRITE_BATCH_ROWS:
+            rate = len(first_seen) / max(bar.format_dict["elapsed"], 1e-3)
+            bar.set_postfix_str(f"{len(first_seen):,} examples, {rate:,.0f} examples/s", refresh=False)
             yield batch
             batch = []
         if len(first_seen) == cap:
