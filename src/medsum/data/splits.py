@@ -25,7 +25,7 @@ WRITE_BATCH_ROWS = 512
 PREPARED_FORMAT = "raw-v1"  # bump when the layout of a prepared split changes
 
 
-class Split(Sequence):
+class Split(store.TableRows):
     """A split's examples over an Arrow table: ``len``, indexing (an Example; a slice gives a list), and batched
     iteration, without holding the texts in memory. ``fingerprint`` identifies the content (the tokenize cache key).
 
@@ -42,21 +42,13 @@ class Split(Sequence):
         self.table, self.name, self.fingerprint, self.columns = table, name, fingerprint, columns
         self.arrow_files, self.rows = arrow_files, rows
 
-    def __len__(self) -> int:
-        return self.table.num_rows
-
     def _example(self, row: dict[str, Any], index: int) -> Example:
         id_column, source, target = self.columns
         example_id = row.get(id_column) if id_column else None
         return Example(str(example_id) if example_id not in (None, "") else f"{self.name}-{index}",
                        row[source], row[target])
 
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        position = index + len(self) if index < 0 else index
-        if not 0 <= position < len(self):
-            raise IndexError(f"example {index} of a {len(self)}-example split")
+    def _row(self, position: int) -> Example:
         return self._example(self.table[position], position)
 
     def _row_dicts(self) -> Iterator[dict[str, Any]]:

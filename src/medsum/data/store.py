@@ -16,13 +16,34 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 DATA_FILE = "data.arrow"
 META_FILE = "meta.json"
 CHECKSUM_CHUNK = 1 << 24
+
+
+class TableRows(Sequence):
+    """A Sequence over the rows of an Arrow-backed ``datasets`` table: ``[i]`` is ``self._row(i)`` (negative indices
+    count from the end), a slice gives a list."""
+
+    table: Any
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        position = index + len(self) if index < 0 else index
+        if not 0 <= position < len(self):
+            raise IndexError(f"row {index} of {len(self)}")
+        return self._row(position)
+
+    def _row(self, position: int) -> Any:
+        raise NotImplementedError
 
 
 def file_checksum(path: Path) -> str:

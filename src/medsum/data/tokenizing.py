@@ -75,22 +75,14 @@ def truncated_ids(tokenizer, texts: list[str], max_length: int, target: bool = F
     return ids
 
 
-class Encoded(Sequence):
+class Encoded(store.TableRows):
     """A split's token ids over an Arrow table: ``[i]`` is ``{"input_ids", "labels"}`` (a slice gives a list);
     ``lengths()`` gives source plus target length per row from a column (for length-grouped batches)."""
 
     def __init__(self, table):
         self.table = table
 
-    def __len__(self) -> int:
-        return self.table.num_rows
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        position = index + len(self) if index < 0 else index
-        if not 0 <= position < len(self):
-            raise IndexError(f"row {index} of {len(self)}")
+    def _row(self, position: int) -> dict[str, list[int]]:
         row = self.table[position]
         return {"input_ids": row["input_ids"], "labels": row["labels"]}
 
