@@ -19,6 +19,7 @@ from medsum.cli import main
 from medsum.config import load_run_config, save_run_config
 from medsum.errors import MedsumError
 from medsum.evaluate import score_example
+from medsum.train import loop
 
 METHODS = ("lora", "prompt_tuning", "full")
 ROUGE = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -264,10 +265,10 @@ def test_force_retrains_a_finished_run(tiny_runs, monkeypatch):
 
 def test_unfinished_run_with_another_config_is_refused(tmp_path):
     cfg = tiny_run_config(tmp_path, "lora")
-    save_run_config(tiny_run_config(tmp_path, "lora", "train.max_steps=9"), tmp_path / "config.yaml")
+    save_run_config(tiny_run_config(tmp_path, "lora", "train.max_steps=9"), tmp_path)
     with pytest.raises(MedsumError, match="different config.yaml"):
         train.prepare_run_dir(tmp_path, cfg, force=False)
-    save_run_config(cfg, tmp_path / "config.yaml")
+    save_run_config(cfg, tmp_path)
     train.prepare_run_dir(tmp_path, cfg, force=False)  # the same config resumes
     (tmp_path / "notes.txt").write_text("mine")
     (tmp_path / "checkpoints" / "step-2").mkdir(parents=True)
@@ -298,7 +299,7 @@ def test_bad_input_writes_nothing(tmp_path, override, message):
 ])
 def test_scheduled_validations(overrides, steps, per_epoch, expected):
     cfg = load_run_config(None, overrides)
-    assert train.scheduled_validations(cfg, steps, per_epoch) == expected
+    assert loop.scheduled_validations(cfg, steps, per_epoch) == expected
 
 
 def test_best_validation_checkpoint_is_tested_and_early_stopping_stops(tmp_path, monkeypatch):
