@@ -13,7 +13,7 @@ import yaml
 from rouge_score import rouge_scorer
 
 from conftest import METHOD_SEEDS, read_jsonl, tiny_overrides, tiny_run_config
-from medsum import train
+from medsum import evaluation, train
 from medsum.accounting import count_for_config
 from medsum.cli import main
 from medsum.config import load_run_config, save_run_config
@@ -317,7 +317,7 @@ def test_best_validation_checkpoint_is_tested_and_early_stopping_stops(tmp_path,
         score = [50.0, 10.0, 5.0][len(snapshots) - 1]
         return {key: score for key in ROUGE}
 
-    monkeypatch.setattr(train, "validate", scripted_validate)
+    monkeypatch.setattr(evaluation, "validate", scripted_validate)
     cfg = tiny_run_config(tmp_path, "lora", "train.max_steps=6", "train.early_stopping_patience=1",
                           "generate.num_beams=1")
     metrics = train.run(cfg, show_progress=False)
