@@ -8,6 +8,7 @@ A run directory (written by ``medsum.train``; read by the study, the report and 
     adapter/ | model/    the trained weights: a PEFT adapter, or a save_pretrained model for full fine-tuning
     base_model/          the tiny base model (model.name=tiny only), so the run directory is self-contained
     tokenizer/           the tokenizer
+    test_predictions.partial.jsonl   the test pass's finished batches while it runs (reused after a crash)
     predictions.jsonl    one line per test example with its ROUGE
     metrics.json         written last (``Metrics``): its presence marks the run finished
 What a study adds:
@@ -41,13 +42,15 @@ ADAPTER = "adapter"
 MODEL = "model"
 BASE_MODEL = "base_model"
 TOKENIZER = "tokenizer"
+PARTIAL_PREDICTIONS = "test_predictions.partial.jsonl"
 PREDICTIONS = "predictions.jsonl"
 METRICS = "metrics.json"
 MEMBERSHIP = "study.json"
 RUNNING = "running.json"
 ERROR = "error.txt"
 # what a run writes, all removed when it starts over (--force); a study's membership stays
-OUTPUTS = (CHECKPOINTS, ADAPTER, MODEL, BASE_MODEL, TOKENIZER, PREDICTIONS, METRICS, TRAIN_LOG, CONFIG, ERROR)
+OUTPUTS = (CHECKPOINTS, ADAPTER, MODEL, BASE_MODEL, TOKENIZER, PREDICTIONS, METRICS, TRAIN_LOG, CONFIG, ERROR,
+           PARTIAL_PREDICTIONS)
 STATUSES = ("done", "running", "failed", "pending")
 
 

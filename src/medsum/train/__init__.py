@@ -15,6 +15,7 @@ from medsum import evaluation, rundir
 from medsum.config import RunConfig, save_run_config
 from medsum.errors import MedsumError
 from medsum.evaluate import ROUGE_KEYS
+from medsum.partial_predictions import PartialPredictions
 from medsum.train.build import Setup, check_inputs, setup
 from medsum.train.loop import Progress, train_loop
 from medsum.train.results import reset_peak_memory, save_weights, write_results
@@ -27,10 +28,10 @@ def run(cfg: RunConfig, force: bool = False, show_progress: bool = True) -> dict
     if rundir.is_finished(cfg.run_dir) and not force:
         return None
     reset_peak_memory()
-    setup_ = setup(cfg)  # every input error surfaces here, before anything is written
+    setup_ = setup(cfg, show_progress)  # every input error surfaces here, before anything is written
     start_run_dir(setup_, force)
     progress = train_loop(setup_, setup_.cfg.run_dir, show_progress)
-    test_result = evaluation.test(setup_, show_progress)
+    test_result = evaluation.test(setup_, show_progress, setup_.cfg.run_dir)
     return finish(setup_, progress, *test_result)
 
 
@@ -68,6 +69,7 @@ def finish(setup_: Setup, progress: Progress, summary: dict, rows: list[dict], s
         return None
     weight_bytes = save_weights(setup_, run_dir)
     metrics = write_results(setup_, run_dir, progress, summary, rows, seconds, generated, weight_bytes)
+    PartialPredictions(run_dir, "").remove()  # predictions.jsonl holds them all now
     shutil.rmtree(run_dir / rundir.CHECKPOINTS, ignore_errors=True)
     accelerator.wait_for_everyone()
     print("test " + "  ".join(f"{k} {summary[k]:.2f}" for k in ROUGE_KEYS) + f"  -> {run_dir}", flush=True)

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from medsum.config import RunConfig
-from medsum.data import load_splits, tokenize
+from medsum.data import load_splits, tokenize, training_text_sample
 from medsum.errors import MedsumError
 from medsum.methods import METHODS, ModelContext
 from medsum.models import (
+    TINY_TOKENIZER_MAX_EXAMPLES,
     cache_dir,
     count_parameters,
     family_of,
@@ -54,13 +55,12 @@ class Training:
     best_weights: dict[str, Any] | None = None
 
 
-def setup(cfg: RunConfig) -> Setup:
+def setup(cfg: RunConfig, show_progress: bool = False) -> Setup:
     """Loads data, tokenizer and model and wraps the model with the method; raises MedsumError on bad input."""
     import torch
 
-    splits = load_splits(cfg.data)
-    train_texts = [t for e in splits["train"] for t in (e.source, e.target)]
-    source = resolve_model_source(cfg.model.name, train_texts)
+    splits = load_splits(cfg.data, show_progress=show_progress)
+    source = resolve_model_source(cfg.model.name, training_text_sample(splits["train"], TINY_TOKENIZER_MAX_EXAMPLES))
     tokenizer = load_tokenizer(source)
     model = load_pretrained(source, cfg.model.dropout)
     family = family_of(model.config)
@@ -71,16 +71,16 @@ def setup(cfg: RunConfig) -> Setup:
     cfg = resolve_config(cfg, family, precision)
     model, params, method_info = setup_model(cfg, model, source, family)
     check_run(cfg, splits, accelerator.num_processes)
-    encoded = setup_data(cfg, splits, tokenizer)
+    encoded = setup_data(cfg, splits, tokenizer, show_progress and accelerator.is_main_process)
     torch.set_float32_matmul_precision("high")  # TF32 on Ampere+ GPUs; no effect on CPU
     return Setup(cfg, accelerator, tokenizer, model, splits, encoded, source, params, method_info, autocast_dtype)
 
 
-def check_inputs(cfg: RunConfig) -> None:
+def check_inputs(cfg: RunConfig, show_progress: bool = False) -> None:
     """The input checks of setup() that need no model weights: data and model name (used before launching
     processes, so that a typo is one line from the launcher, not one per process)."""
-    splits = load_splits(cfg.data)
-    resolve_model_source(cfg.model.name, [t for e in splits["train"] for t in (e.source, e.target)])
+    splits = load_splits(cfg.data, show_progress=show_progress)
+    resolve_model_source(cfg.model.name, training_text_sample(splits["train"], TINY_TOKENIZER_MAX_EXAMPLES))
 
 
 def resolve_config(cfg: RunConfig, family, precision: str) -> RunConfig:
@@ -150,11 +150,12 @@ def check_run(cfg: RunConfig, splits: dict[str, list], num_processes: int) -> No
         raise MedsumError(f"{len(splits['train'])} training examples cannot be shared by {num_processes} processes")
 
 
-def setup_data(cfg: RunConfig, splits: dict[str, list], tokenizer) -> dict[str, list]:
+def setup_data(cfg: RunConfig, splits: dict[str, list], tokenizer, show_progress: bool = False) -> dict[str, list]:
     """Every split tokenized (through the tokenize cache)."""
     token_cache = cache_dir() / "tokenized"
     return {split: tokenize(examples, tokenizer, cfg.data.prefix, cfg.data.max_source_tokens,
-                            cfg.data.max_target_tokens, cache=token_cache)
+                            cfg.data.max_target_tokens, cache=token_cache, what=f"{split} split",
+                            show_progress=show_progress)
             for split, examples in splits.items()}
 
 
@@ -165,7 +166,7 @@ def setup_optimizer(setup_: Setup) -> Training:
 
     cfg, accelerator = setup_.cfg, setup_.accelerator
     optimizer = make_optimizer(setup_.model, cfg)
-    lengths = [len(r["input_ids"]) + len(r["labels"]) for r in setup_.encoded["train"]]
+    lengths = setup_.encoded["train"].lengths()
     sampler = MicroBatchSampler(lengths, cfg.train.batch_size, cfg.train.grad_accum, cfg.seed,
                                 accelerator.process_index, accelerator.num_processes)
     steps, per_epoch = total_steps(cfg, sampler)
