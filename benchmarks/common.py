@@ -18,7 +18,6 @@ import platform
 import shlex
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -102,26 +101,22 @@ def _build_tiny(target: Path, data_dir: Path) -> None:
     from medsum.models import TINY_TOKENIZER_MAX_EXAMPLES, tiny_model_dir
 
     rows = read_rows(data_dir, "train", TINY_TOKENIZER_MAX_EXAMPLES)
-    shutil.copytree(tiny_model_dir([t for r in rows for t in (r["article"], r["abstract"])]), target)
+    texts = [t for r in rows for t in (r["article"], r["abstract"])]
+    shutil.copytree(tiny_model_dir(texts), target, dirs_exist_ok=True)
 
 
 def model_dir(kind: str, data_dir: Path = DEFAULT_DATA) -> Path:
     """A local model directory (weights + tokenizer) of the benchmark model ``kind`` (small | tiny), built once."""
+    from medsum import rundir
     from medsum.models import cache_dir
 
     builders = {"small": _build_small, "tiny": _build_tiny}
     target = cache_dir() / "bench" / f"{'flan-t5-small-layout' if kind == 'small' else 'tiny'}-{BENCH_MODEL_VERSION}"
     if (target / "config.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".building-"))
-    try:
+    with rundir.atomic_dir(target, replace=False) as staging:
         print(f"building the benchmark model {kind!r} once into {target} ...", flush=True)
-        shutil.rmtree(staging)
         builders[kind](staging, Path(data_dir))
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

@@ -55,29 +55,30 @@ def medsum_cache(path: Path):
 
 @contextmanager
 def timing_medsum_phases(times: dict):
-    """Wraps the functions of medsum.train that read/tokenize data, validate and test, to time each phase."""
-    import medsum.train as train
+    """Wraps the functions of medsum's trainer that read/tokenize data, validate and test, to time each phase."""
+    import medsum.evaluation as evaluation
+    import medsum.train.build as build
 
-    originals = {name: getattr(train, name) for name in ("load_splits", "tokenize", "validate", "test")}
-    keys = {"load_splits": "data_seconds", "tokenize": "data_seconds", "validate": "eval_seconds",
-            "test": "test_seconds"}
+    phases = {(build, "load_splits"): "data_seconds", (build, "tokenize"): "data_seconds",
+              (evaluation, "validate"): "eval_seconds", (evaluation, "test"): "test_seconds"}
+    originals = {where: getattr(*where) for where in phases}
 
-    def wrap(name):
+    def wrap(where):
         def timed_call(*args, **kwargs):
             start = time.perf_counter()
             try:
-                return originals[name](*args, **kwargs)
+                return originals[where](*args, **kwargs)
             finally:
-                times[keys[name]] = times.get(keys[name], 0.0) + time.perf_counter() - start
+                times[phases[where]] = times.get(phases[where], 0.0) + time.perf_counter() - start
         return timed_call
 
-    for name in originals:
-        setattr(train, name, wrap(name))
+    for module, name in originals:
+        setattr(module, name, wrap((module, name)))
     try:
         yield
     finally:
-        for name, original in originals.items():
-            setattr(train, name, original)
+        for (module, name), original in originals.items():
+            setattr(module, name, original)
 
 
 def reset_accelerate() -> None:

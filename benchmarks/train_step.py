@@ -1,6 +1,6 @@
 """Training-step throughput and model FLOP utilisation (MFU) of each method, fp32 and bf16 autocast.
 
-One step is medsum's own (``medsum.train._train_step``: collate, forward, backward, clipping, AdamW) on a batch of
+One step is medsum's own (``medsum.train.loop.train_step``: collate, forward, backward, clipping, AdamW) on a batch of
 real examples (8 x 512 source + 128 target tokens by default, every row full length on this data).
 
 MFU = achieved model FLOP/s / peak FLOP/s, where the peak is the best rate of a large square matrix product
@@ -142,31 +142,32 @@ def measure(setup_, steps: int, profile: bool, compile_forward: bool = False) ->
     from torch.utils.flop_counter import FlopCounterMode
     from transformers import get_constant_schedule
 
-    from medsum.train import _optimizer, _train_step
+    from medsum.train.build import make_optimizer
+    from medsum.train.loop import train_step
 
     model = setup_.model
-    optimizer = _optimizer(model, setup_.cfg)
+    optimizer = make_optimizer(model, setup_.cfg)
     model, optimizer = setup_.accelerator.prepare(model, optimizer)
     scheduler = get_constant_schedule(optimizer)
     rows = [setup_.encoded["train"][: setup_.cfg.train.batch_size]]
     model.train()
     counter = FlopCounterMode(display=False, custom_mapping=cpu_attention_flop_formulas())
     with counter:
-        _, tokens = _train_step(setup_, model, optimizer, scheduler, rows)
+        _, tokens = train_step(setup_, model, optimizer, scheduler, rows)
     compiled = torch.compile(model) if compile_forward else model
-    # a plain function: _train_step tests `forward or model`, and a compiled PEFT model refuses truth tests (len())
+    # a plain function: train_step tests `forward or model`, and a compiled PEFT model refuses truth tests (len())
     forward = (lambda **batch: compiled(**batch)) if compile_forward else model
     if compile_forward:
-        _train_step(setup_, model, optimizer, scheduler, rows, forward=forward)
+        train_step(setup_, model, optimizer, scheduler, rows, forward=forward)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        _train_step(setup_, model, optimizer, scheduler, rows, forward=forward)
+        train_step(setup_, model, optimizer, scheduler, rows, forward=forward)
         times.append(time.perf_counter() - start)
     result = {"seconds": statistics.median(times), "tokens": tokens, "counted_flops": counter.get_total_flops()}
     if profile:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            _train_step(setup_, model, optimizer, scheduler, rows, forward=forward)
+            train_step(setup_, model, optimizer, scheduler, rows, forward=forward)
         events = prof.key_averages()
         total = sum(e.self_cpu_time_total for e in events)
         matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS)

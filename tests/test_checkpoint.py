@@ -1,5 +1,5 @@
 """Checkpoints and resume (issue 8): the newest complete checkpoint is found and damaged ones are skipped, retention
-is bounded, writes are atomic, and an interrupted run resumed from a checkpoint ends exactly like an uninterrupted
+is bounded, and an interrupted run resumed from a checkpoint ends exactly like an uninterrupted
 one."""
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ import torch
 
 from conftest import medsum_command, read_jsonl, subprocess_env, tiny_overrides, tiny_run_config
 from medsum import checkpoint as ckpt
-from medsum import config as config_module
 from medsum import train
-from medsum.config import atomic_write_text
+from medsum.train import loop
 
 # ---------------------------------------------------------------------------------------------- unit
 
@@ -128,37 +127,6 @@ def test_pruning_never_deletes_the_checkpoint_just_written(tmp_path):
     assert loaded is not None and loaded["state"]["step"] == 2
 
 
-def test_atomic_write_replaces_the_whole_file(tmp_path):
-    target = tmp_path / "metrics.json"
-    atomic_write_text(target, "old")
-    atomic_write_text(target, "new content")
-    assert target.read_text() == "new content"
-    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
-
-
-@pytest.mark.parametrize("fail_at", ["fsync", "replace"])
-def test_failed_atomic_write_keeps_the_old_file(tmp_path, monkeypatch, fail_at):
-    target = tmp_path / "metrics.json"
-    atomic_write_text(target, "old")
-
-    def crash(*args, **kwargs):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(config_module.os, fail_at, crash)
-    with pytest.raises(OSError, match="disk full"):
-        atomic_write_text(target, "new " * 10_000)
-    monkeypatch.undo()
-    assert target.read_text() == "old"
-    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"], "no partial or temporary file left"
-
-
-def test_failed_first_write_leaves_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(config_module.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError("boom")))
-    with pytest.raises(OSError):
-        atomic_write_text(tmp_path / "config.yaml", "x: 1\n")
-    assert list(tmp_path.iterdir()) == []
-
-
 # ---------------------------------------------------------------------------------------------- resume
 
 
@@ -171,9 +139,9 @@ class Interrupted(Exception):
 
 
 def counting_train_step(monkeypatch, fail_on: int | None = None) -> list[int]:
-    """Wraps train._train_step: counts the optimizer steps run, optionally crashing on the ``fail_on``-th."""
+    """Wraps the loop's train_step: counts the optimizer steps run, optionally crashing on the ``fail_on``-th."""
     calls: list[int] = []
-    original = train._train_step
+    original = loop.train_step
 
     def step(*args, **kwargs):
         calls.append(len(calls) + 1)
@@ -181,7 +149,7 @@ def counting_train_step(monkeypatch, fail_on: int | None = None) -> list[int]:
             raise Interrupted
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(train, "_train_step", step)
+    monkeypatch.setattr(loop, "train_step", step)
     return calls
 
 
@@ -249,7 +217,7 @@ def test_killed_cli_run_resumes_to_the_same_result(tmp_path):
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     from medsum.errors import MedsumError
 
-    original = train._train_step
+    original = loop.train_step
     calls = []
 
     def diverging(*args, **kwargs):
@@ -257,7 +225,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
         loss, tokens = original(*args, **kwargs)
         return (float("nan") if len(calls) == 3 else loss), tokens
 
-    monkeypatch.setattr(train, "_train_step", diverging)
+    monkeypatch.setattr(loop, "train_step", diverging)
     cfg = tiny_run_config(tmp_path, "lora", "train.max_steps=4", "train.save_every=1", "generate.num_beams=1",
                           "train.eval_max_examples=1")
     with pytest.raises(MedsumError) as info:
@@ -269,14 +237,3 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     assert [step for step, _ in ckpt.list_checkpoints(tmp_path / "checkpoints")] == [1, 2]
     assert ckpt.load_latest_checkpoint(tmp_path / "checkpoints")["state"]["step"] == 2
 
-
-def test_atomic_write_follows_the_umask(tmp_path):
-    import os
-
-    target = tmp_path / "metrics.json"
-    old = os.umask(0o022)
-    try:
-        atomic_write_text(target, "{}")
-    finally:
-        os.umask(old)
-    assert target.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600: collaborators read the results

@@ -101,11 +101,12 @@ def test_stray_argument_is_refused(capfd, tmp_path):
 
 
 def test_overrides_after_options_are_gathered(monkeypatch):
+    import medsum.rundir
     import medsum.train
 
     seen = []
     monkeypatch.setattr(medsum.train, "run", lambda cfg, force, show_progress: seen.append((cfg, force)))
-    monkeypatch.setattr(medsum.train, "is_finished", lambda run_dir: False)
+    monkeypatch.setattr(medsum.rundir, "is_finished", lambda run_dir: False)
     assert main(["train", "--quiet", "seed=9", "--force", "method.name=full", "output_dir=/nonexistent/x"]) == 0
     (cfg, force), = seen
     assert (cfg.seed, cfg.method.name, force) == (9, "full", True)

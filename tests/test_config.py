@@ -211,7 +211,7 @@ def test_help_lines_cover_every_key_with_its_default():
 
 def test_saved_config_loads_back_identically(tmp_path):
     cfg = load_run_config(None, ["method.name=prompt_tuning", "seed=5", "train.learning_rate=0.01"])
-    save_run_config(cfg, tmp_path / "config.yaml")
+    save_run_config(cfg, tmp_path)
     again = load_run_config(tmp_path / "config.yaml", [])
     assert config_to_dict(again) == config_to_dict(cfg)
     assert dataclasses.is_dataclass(again) and isinstance(again, RunConfig)

@@ -171,21 +171,21 @@ def test_generate_texts_keeps_input_order(tiny_tokenizer, tiny_splits):
 
 
 def test_test_step_keeps_empty_predictions(monkeypatch):
-    """train.test scores every test example, an empty output included (the study's code dropped them)."""
-    from medsum import train
+    """evaluation.test scores every test example, an empty output included (the study's code dropped them)."""
+    from medsum import evaluation
     from medsum.config import load_run_config
     from medsum.data import Example
 
     examples = [Example(f"id-{i}", f"source {i}", text) for i, text in
                 enumerate(["the cat sat on the mat", "the dog ran", "a b c"])]
     outputs = ["the cat sat on the mat", "", "a b c"]
-    monkeypatch.setattr(train, "generate_texts", lambda *args, **kwargs: (outputs, 9))
+    monkeypatch.setattr(evaluation, "generate_texts", lambda *args, **kwargs: (outputs, 9))
     setup = types.SimpleNamespace(
         cfg=load_run_config(None, ["generate.num_beams=1"]), splits={"test": examples},
         encoded={"test": [{"input_ids": [5, 1], "labels": [1]}] * 3}, model=None, tokenizer=None,
         accelerator=types.SimpleNamespace(is_main_process=True, process_index=0, num_processes=1, device="cpu",
                                           unwrap_model=lambda model: model), autocast_dtype=None)
-    summary, rows, _, generated = train.test(setup, show_progress=False)
+    summary, rows, _, generated = evaluation.test(setup, show_progress=False)
     assert [r["id"] for r in rows] == ["id-0", "id-1", "id-2"]
     assert [r["prediction"] for r in rows] == outputs
     assert [r["reference"] for r in rows] == [e.target for e in examples]

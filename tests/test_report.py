@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import statistics
@@ -11,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from scipy import stats as scipy_stats
 
+from medsum import rundir
 from medsum.errors import MedsumError
 from medsum.report import build_report, summary_text, write_report
 from medsum.report.plots import pareto_frontier
@@ -109,32 +108,31 @@ def test_pareto_frontier():
 
 def make_run(root: Path, name: str, method: str, seed: int, shift: float, *, r: int | None = None,
              sweep: dict | None = None, grid: bool = True, examples: int = 20) -> dict:
-    """A finished run directory as medsum.train writes it, with per-example scores around ``30 + shift``."""
+    """A finished run directory, written through medsum.rundir as the trainer writes it, with per-example scores
+    around ``30 + shift``."""
     run = root / "runs" / name
-    run.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     rows = [{"id": f"ex{i}", "prediction": "p", "reference": "r",
              **{k: float(30 + shift + i % 5 + rng.normal(0, 0.5) - 5 * j) for j, k in enumerate(ROUGE)}}
             for i in range(examples)]
-    (run / "predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    rundir.write_predictions(run, rows)
     method_tree = {"name": method, **({"r": r} if r is not None else {})}
-    config = {"name": name, "seed": seed, "output_dir": str(run), "model": {"name": "tiny"},
-              "data": {"max_source_tokens": 512}, "method": method_tree, "train": {"learning_rate": 3e-4}}
-    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    rundir.write_config(run, {"name": name, "seed": seed, "output_dir": str(run), "model": {"name": "tiny"},
+                              "data": {"max_source_tokens": 512}, "method": method_tree,
+                              "train": {"learning_rate": 3e-4}})
     trainable = {"lora": 1000 * (r or 16), "full": 700_000, "prompt_tuning": 1280}[method]
-    method_config = {k: v for k, v in method_tree.items() if k != "name"}
-    metrics = {"model": "tiny", "method": method, "method_config": method_config, "seed": seed,
-               "params": {"base": 700_000, "trainable": trainable, "total": 700_000 + trainable,
-                          "trainable_pct": 100 * trainable / (700_000 + trainable)},
-               "test": {k: statistics.mean(row[k] for row in rows) for k in ROUGE} | {"empty_predictions": 0},
-               "efficiency": {"train_seconds": 10.0 + seed, "peak_memory_bytes": 2 ** 30, "adapter_bytes": 4096,
-                              "train_tokens_per_second": 1000.0},
-               "hardware": {"device_type": "cpu"},
-               "rouge": {"use_stemmer": True, "references": "full reference text from the data",
-                         "rougeLsum_sentence_splitter": "regex"}}
-    (run / "metrics.json").write_text(json.dumps(metrics))
-    (run / "study.json").write_text(json.dumps({"study": "synthetic", "grid": grid, "sweeps": sweep or {}}))
-    return metrics
+    metrics = rundir.Metrics(
+        model="tiny", method=method, method_config={k: v for k, v in method_tree.items() if k != "name"}, seed=seed,
+        params={"base": 700_000, "trainable": trainable, "total": 700_000 + trainable,
+                "trainable_pct": 100 * trainable / (700_000 + trainable)},
+        test={k: statistics.mean(row[k] for row in rows) for k in ROUGE} | {"empty_predictions": 0},
+        efficiency={"train_seconds": 10.0 + seed, "peak_memory_bytes": 2 ** 30, "adapter_bytes": 4096,
+                    "train_tokens_per_second": 1000.0},
+        hardware={"device_type": "cpu"},
+        rouge={"use_stemmer": True, "references": "full reference text from the data",
+               "rougeLsum_sentence_splitter": "regex"})
+    rundir.atomic_write_json(run / rundir.MEMBERSHIP, {"study": "synthetic", "grid": grid, "sweeps": sweep or {}})
+    return rundir.write_metrics(run, metrics)
 
 
 @pytest.fixture
@@ -147,9 +145,8 @@ def synthetic(tmp_path):
         metrics[f"full{seed}"] = make_run(tmp_path, f"tiny__full__s{seed}", "full", seed, 0.2 * seed)
         make_run(tmp_path, f"tiny__lora__r4__s{seed}", "lora", seed, 1.0, r=4, grid=False,
                  sweep={"lora_rank": {"key": "method.r", "value": 4}})
-    failed = tmp_path / "runs" / "tiny__prompt_tuning__s1"
-    failed.mkdir()
-    (failed / "error.txt").write_text("ValueError: loss is nan at step 3\n\nTraceback ...")
+    rundir.atomic_write_text(tmp_path / "runs" / "tiny__prompt_tuning__s1" / rundir.ERROR,
+                             "ValueError: loss is nan at step 3\n\nTraceback ...")
     (tmp_path / "runs" / "tiny__prompt_tuning__s2").mkdir()
     return tmp_path, metrics
 
@@ -250,7 +247,7 @@ def test_summary_text_is_the_main_table(synthetic):
 def test_a_running_marker_of_a_live_process_counts_as_running(synthetic):
     root, _ = synthetic
     pending = root / "runs" / "tiny__prompt_tuning__s2"
-    (pending / "running.json").write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename}))
+    rundir.atomic_write_json(pending / rundir.RUNNING, {"pid": os.getpid(), "host": os.uname().nodename})
     assert "1 running" in (write_report(root) / "summary.md").read_text()
 
 

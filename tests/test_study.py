@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medsum import study
+from medsum import rundir, study
 from medsum.cli import main
 from medsum.errors import MedsumError
 from medsum.study.spec import expand, model_short_name, spec_from_dict
@@ -151,16 +151,13 @@ def fake_train(calls: list, fail: set[str] = frozenset()):
         calls.append(cfg.name)
         if cfg.name in fail:
             raise RuntimeError("simulated crash")
-        run_dir = cfg.run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump({"seed": cfg.seed, "model": {"name": cfg.model.name},
-                                                             "method": {"name": cfg.method.name}}))
+        rundir.write_config(cfg.run_dir, {"seed": cfg.seed, "model": {"name": cfg.model.name},
+                                          "method": {"name": cfg.method.name}})
         scores = {"rouge1": 10.0 + cfg.seed, "rouge2": 1.0, "rougeL": 5.0, "rougeLsum": 6.0}
-        (run_dir / "predictions.jsonl").write_text(json.dumps({"id": "a", **scores}) + "\n")
-        metrics = {"model": cfg.model.name, "method": cfg.method.name, "seed": cfg.seed, "test": scores,
-                   "params": {"trainable": 10, "total": 100, "trainable_pct": 10.0}}
-        (run_dir / "metrics.json").write_text(json.dumps(metrics))
-        return metrics
+        rundir.write_predictions(cfg.run_dir, [{"id": "a", **scores}])
+        return rundir.write_metrics(cfg.run_dir, rundir.Metrics(
+            model=cfg.model.name, method=cfg.method.name, method_config={}, seed=cfg.seed,
+            params={"trainable": 10, "total": 100, "trainable_pct": 10.0}, test=scores))
 
     return run
 
@@ -209,10 +206,10 @@ def test_a_stale_running_marker_is_not_running(spec_file, tmp_path, monkeypatch)
     out = tmp_path / "out"
     study.run_study(spec_file, out, [], show_progress=False)
     run_dir = out / "runs" / "tiny__lora__s1"
-    (run_dir / "metrics.json").unlink()
-    (run_dir / "running.json").write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename}))
+    (run_dir / rundir.METRICS).unlink()
+    rundir.atomic_write_json(run_dir / rundir.RUNNING, {"pid": os.getpid(), "host": os.uname().nodename})
     assert "tiny__lora__s1  running" in study.status_table(out)
-    (run_dir / "running.json").write_text(json.dumps({"pid": 2 ** 22 + 1, "host": os.uname().nodename}))
+    rundir.atomic_write_json(run_dir / rundir.RUNNING, {"pid": 2 ** 22 + 1, "host": os.uname().nodename})
     assert "tiny__lora__s1  pending" in study.status_table(out)
 
 

@@ -13,12 +13,13 @@ import yaml
 from rouge_score import rouge_scorer
 
 from conftest import METHOD_SEEDS, read_jsonl, tiny_overrides, tiny_run_config
-from medsum import train
+from medsum import evaluation, train
 from medsum.accounting import count_for_config
 from medsum.cli import main
 from medsum.config import load_run_config, save_run_config
 from medsum.errors import MedsumError
 from medsum.evaluate import score_example
+from medsum.train import loop
 
 METHODS = ("lora", "prompt_tuning", "full")
 ROUGE = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -264,10 +265,10 @@ def test_force_retrains_a_finished_run(tiny_runs, monkeypatch):
 
 def test_unfinished_run_with_another_config_is_refused(tmp_path):
     cfg = tiny_run_config(tmp_path, "lora")
-    save_run_config(tiny_run_config(tmp_path, "lora", "train.max_steps=9"), tmp_path / "config.yaml")
+    save_run_config(tiny_run_config(tmp_path, "lora", "train.max_steps=9"), tmp_path)
     with pytest.raises(MedsumError, match="different config.yaml"):
         train.prepare_run_dir(tmp_path, cfg, force=False)
-    save_run_config(cfg, tmp_path / "config.yaml")
+    save_run_config(cfg, tmp_path)
     train.prepare_run_dir(tmp_path, cfg, force=False)  # the same config resumes
     (tmp_path / "notes.txt").write_text("mine")
     (tmp_path / "checkpoints" / "step-2").mkdir(parents=True)
@@ -298,7 +299,7 @@ def test_bad_input_writes_nothing(tmp_path, override, message):
 ])
 def test_scheduled_validations(overrides, steps, per_epoch, expected):
     cfg = load_run_config(None, overrides)
-    assert train.scheduled_validations(cfg, steps, per_epoch) == expected
+    assert loop.scheduled_validations(cfg, steps, per_epoch) == expected
 
 
 def test_best_validation_checkpoint_is_tested_and_early_stopping_stops(tmp_path, monkeypatch):
@@ -316,7 +317,7 @@ def test_best_validation_checkpoint_is_tested_and_early_stopping_stops(tmp_path,
         score = [50.0, 10.0, 5.0][len(snapshots) - 1]
         return {key: score for key in ROUGE}
 
-    monkeypatch.setattr(train, "validate", scripted_validate)
+    monkeypatch.setattr(evaluation, "validate", scripted_validate)
     cfg = tiny_run_config(tmp_path, "lora", "train.max_steps=6", "train.early_stopping_patience=1",
                           "generate.num_beams=1")
     metrics = train.run(cfg, show_progress=False)

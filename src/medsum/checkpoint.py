@@ -1,9 +1,9 @@
 """Resumable checkpoints: ``RUN_DIR/checkpoints/step-N/`` with weights, optimizer, scheduler, RNG states and the
 training state (which includes the data position: the step).
 
-A checkpoint is written into a hidden temporary folder and renamed into place, and ``state.json`` is written
-last, so a folder named ``step-N`` with a readable ``state.json`` is complete; anything else (a crash while
-writing, a truncated file) is skipped when looking for the newest checkpoint.
+A checkpoint is written into a hidden temporary folder and renamed into place (``rundir.atomic_dir``), and
+``state.json`` is written last, so a folder named ``step-N`` with a readable ``state.json`` is complete; anything
+else (a crash while writing, a truncated file) is skipped when looking for the newest checkpoint.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import json
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from medsum import rundir
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -69,17 +70,14 @@ def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, train_st
     for later_step, path in list_checkpoints(root):
         if later_step > step:
             shutil.rmtree(path, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=f".step-{step}-"))
-    save_file(trainable_state(model), str(staging / "trainable.safetensors"))
-    if best_weights is not None:
-        save_file(best_weights, str(staging / "best.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": rng_states or [rng_state()]}, staging / "optimizer.pt")
-    (staging / "state.json").write_text(json.dumps({**train_state, "step": step}))
     final = root / f"step-{step}"
-    if final.exists():
-        shutil.rmtree(final)
-    staging.rename(final)
+    with rundir.atomic_dir(final) as staging:
+        save_file(trainable_state(model), str(staging / "trainable.safetensors"))
+        if best_weights is not None:
+            save_file(best_weights, str(staging / "best.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": rng_states or [rng_state()]}, staging / "optimizer.pt")
+        (staging / "state.json").write_text(json.dumps({**train_state, "step": step}))
     prune_checkpoints(root, keep)
     return final
 
@@ -94,7 +92,7 @@ def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
 def prune_checkpoints(root: Path, keep: int) -> None:
     for _, path in list_checkpoints(root)[:-keep]:
         shutil.rmtree(path, ignore_errors=True)
-    for stale in root.glob(".step-*"):  # staging folders of a crashed writer
+    for stale in root.glob(".step-*"):  # staging folders of a crashed writer (rundir.atomic_dir)
         shutil.rmtree(stale, ignore_errors=True)
 
 

@@ -125,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> int:
+    from medsum import rundir
     from medsum.config import load_run_config
-    from medsum.train import is_finished, run
+    from medsum.train import run
 
     path, overrides = _split_config_and_overrides(args.items)
     cfg = load_run_config(path, overrides)
@@ -135,8 +136,8 @@ def cmd_train(args) -> int:
 
         check_inputs(cfg, show_progress=not args.quiet)
         return _launch_processes(args.nproc, args.items, args)
-    if is_finished(cfg.run_dir) and not args.force:
-        print(f"run already finished: {cfg.run_dir / 'metrics.json'} (nothing to do; --force retrains)")
+    if rundir.is_finished(cfg.run_dir) and not args.force:
+        print(f"run already finished: {cfg.run_dir / rundir.METRICS} (nothing to do; --force retrains)")
         return 0
     run(cfg, force=args.force, show_progress=not args.quiet)
     return 0

@@ -12,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from medsum import rundir
 from medsum.errors import MedsumError
 
 
@@ -405,31 +404,9 @@ def config_to_dict(cfg: RunConfig) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Writes a file so that a crash never leaves it half-written: a temp file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; results are meant to be read by collaborators
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def save_run_config(cfg: RunConfig, path: str | Path) -> None:
-    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+def save_run_config(cfg: RunConfig, run_dir: str | Path) -> None:
+    """Writes the resolved config into the run directory (config.yaml)."""
+    rundir.write_config(run_dir, config_to_dict(cfg))
 
 
 def help_lines() -> list[tuple[str, str, str]]:

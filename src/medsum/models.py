@@ -10,12 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medsum import rundir
 from medsum.errors import MedsumError
 
 
@@ -220,9 +219,8 @@ def tiny_model_dir(train_texts: list[str]) -> Path:
     target = cache_dir() / "tiny" / _fingerprint(texts)
     if (target / "config.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".building-"))
-    try:
+    # concurrent builders (DDP ranks, Ray tasks) race harmlessly: the first one finished is kept
+    with rundir.atomic_dir(target, replace=False) as staging:
         tokenizer = train_tiny_tokenizer(texts)
         # no dropout: on CPU the attention-dropout mask costs a third of a toy model's step
         config = T5Config(vocab_size=len(tokenizer), feed_forward_proj="gated-gelu", dropout_rate=0.0,
@@ -237,13 +235,6 @@ def tiny_model_dir(train_texts: list[str]) -> Path:
                 model.get_output_embeddings().weight.mul_(TINY_ARCHITECTURE["d_model"] ** -0.5)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        try:
-            os.replace(staging, target)  # atomic: concurrent builders (DDP ranks, Ray tasks) race harmlessly
-        except OSError:
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

@@ -16,7 +16,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-PARTIAL_FILE = "test_predictions.partial.jsonl"
+from medsum import rundir
+
+PARTIAL_FILE = rundir.PARTIAL_PREDICTIONS
 
 
 def weights_fingerprint(model) -> str:

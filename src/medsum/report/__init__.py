@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import itertools
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medsum import rundir
 from medsum.report.runs import RunRecord, load_runs
 from medsum.report.stats import PairedResult, holm, mean_sd, paired_comparison
 
@@ -197,17 +197,9 @@ def write_report(output: Path) -> Path:
     output = Path(output)
     report = build_report(output)
     target = output / "report"
-    staging = output / ".report.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    report.plots = plots.write_plots(report, staging)
-    tables.write_tables(report, staging)
-    previous = output / ".report.old"
-    shutil.rmtree(previous, ignore_errors=True)
-    if target.exists():
-        target.rename(previous)
-    staging.rename(target)
-    shutil.rmtree(previous, ignore_errors=True)
+    with rundir.atomic_dir(target) as staging:
+        report.plots = plots.write_plots(report, staging)
+        tables.write_tables(report, staging)
     return target
 
 

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medsum.config import atomic_write_bytes
+from medsum.rundir import atomic_write_bytes
 
 if TYPE_CHECKING:
     from medsum.report import Group, Report

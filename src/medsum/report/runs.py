@@ -1,31 +1,18 @@
-"""Reading a study's run directories: the only input of the report and of ``medsum study status``.
-
-Files a study adds to a run directory (beside what ``medsum.train`` writes):
-    study.json    which parts of the study the run belongs to: {"study", "grid": bool, "sweeps": {name: {key, value}}}
-    running.json  {"pid", "host", "started"} while a process trains the run
-    error.txt     why the last attempt failed (first line: the message; then the traceback)
-Status, first match wins: done (metrics.json) > running (running.json of a live process) > failed (error.txt) >
-pending.
-"""
+"""Reading a study's run directories (their layout and statuses: ``medsum.rundir``): the only input of the report
+and of ``medsum study status``."""
 
 from __future__ import annotations
 
 import json
-import os
-import socket
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from medsum import rundir
 from medsum.config import flatten
 from medsum.errors import MedsumError
 
-MEMBERSHIP_FILE = "study.json"
-RUNNING_FILE = "running.json"
-ERROR_FILE = "error.txt"
 NOT_VARIANT_KEYS = ("name", "output_dir", "seed")  # what differs between the seeds of one variant
 
 
@@ -56,11 +43,7 @@ class RunRecord:
     @cached_property
     def per_example(self) -> dict[str, dict[str, float]]:
         """Per-test-example scores from predictions.jsonl, by example id."""
-        path = self.path / "predictions.jsonl"
-        if not path.is_file():
-            return {}
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return {str(row["id"]): row for row in rows}
+        return {str(row["id"]): row for row in rundir.read_jsonl(self.path / rundir.PREDICTIONS)}
 
 
 def load_runs(output: Path) -> list[RunRecord]:
@@ -72,56 +55,11 @@ def load_runs(output: Path) -> list[RunRecord]:
 
 
 def read_run(path: Path) -> RunRecord:
-    status = run_status(path)
-    record = RunRecord(path.name, path, status, membership=_read_json(path / MEMBERSHIP_FILE))
-    if (path / "config.yaml").is_file():
-        record.config = flatten(yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {})
+    status = rundir.status(path)
+    record = RunRecord(path.name, path, status, membership=rundir.read_json(path / rundir.MEMBERSHIP))
+    record.config = flatten(rundir.read_config(path))
     if status == "done":
-        record.metrics = _read_json(path / "metrics.json")
+        record.metrics = rundir.read_json(path / rundir.METRICS)
     elif status == "failed":
-        record.error = error_message(path)
+        record.error = rundir.error_message(path)
     return record
-
-
-def run_status(path: Path) -> str:
-    if (path / "metrics.json").is_file():
-        return "done"
-    if running_process(path) is not None:
-        return "running"
-    if (path / ERROR_FILE).is_file():
-        return "failed"
-    return "pending"
-
-
-def running_process(path: Path) -> dict | None:
-    """The running.json of a process still training this run; None when there is none or it died.
-
-    A marker written on another host cannot be checked from here and counts as running; ``medsum study run``
-    clears markers left by dead processes when it starts (it holds the study lock, so none of them can be live).
-    """
-    marker = _read_json(path / RUNNING_FILE)
-    if not marker:
-        return None
-    if marker.get("host") != socket.gethostname():
-        return marker
-    try:
-        os.kill(int(marker.get("pid", -1)), 0)
-    except (OSError, ValueError):
-        return None
-    return marker
-
-
-def error_message(path: Path) -> str:
-    try:
-        lines = (path / ERROR_FILE).read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return ""
-    return lines[0] if lines else ""
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

@@ -13,8 +13,9 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medsum.config import atomic_write_text, flatten
+from medsum.config import flatten
 from medsum.report.stats import t_interval
+from medsum.rundir import atomic_write_text
 
 if TYPE_CHECKING:
     from medsum.report import Comparison, Group, Report

@@ -12,12 +12,11 @@ A ``medsum_export.json`` records the prefix, truncation and generation settings 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from medsum import rundir
 from medsum.config import RunConfig
 from medsum.errors import MedsumError
 from medsum.serve.summarizer import base_model_source, load_model, read_run
@@ -31,21 +30,8 @@ def staged_directory(output: Path):
     """A temporary sibling of ``output`` that becomes ``output`` only when the block succeeds."""
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise MedsumError(f"--output {output} already exists and is not empty; choose another directory")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.tmp-"))
-    try:
+    with rundir.atomic_dir(output) as staging:
         yield staging
-        _make_readable(staging)
-        os.replace(staging, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _make_readable(folder: Path) -> None:
-    """mkdtemp (0700) and safetensors (0600) would leave the export readable only by whoever wrote it."""
-    folder.chmod(0o755)
-    for path in folder.rglob("*"):
-        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def export_run(run: Path, output: Path, merge: bool) -> str:
@@ -63,10 +49,10 @@ def _export_into(run: Path, cfg: RunConfig, staging: Path, final: Path, merge: b
     from medsum.methods import METHODS
 
     if not METHODS[cfg.method.name].saves_adapter:
-        _copy_files(run / "model", staging)
-        _copy_files(run / "tokenizer", staging)
+        _copy_files(run / rundir.MODEL, staging)
+        _copy_files(run / rundir.TOKENIZER, staging)
         return "full fine-tuning has no adapter to merge: exported the fine-tuned model" if merge else None
-    if merge and _is_prompt_learning(run / "adapter"):
+    if merge and _is_prompt_learning(run / rundir.ADAPTER):
         _export_adapter(run, cfg, staging, final)
         return (f"{cfg.method.name} cannot be merged: its soft prompt is an extra input, not a weight update; "
                 f"exported the adapter with its base model instead")
@@ -93,11 +79,11 @@ def _copy_files(source: Path, target: Path) -> None:
 
 def _export_adapter(run: Path, cfg: RunConfig, staging: Path, final: Path) -> None:
     """The adapter and tokenizer side by side; the base is the hub id, a local directory, or a copy of the tiny base."""
-    _copy_files(run / "adapter", staging)
-    _copy_files(run / "tokenizer", staging)
+    _copy_files(run / rundir.ADAPTER, staging)
+    _copy_files(run / rundir.TOKENIZER, staging)
     base = base_model_source(run, cfg)
-    if (run / "base_model").is_dir():
-        shutil.copytree(run / "base_model", staging / "base_model")
+    if (run / rundir.BASE_MODEL).is_dir():
+        shutil.copytree(run / rundir.BASE_MODEL, staging / "base_model")
         base = str(final / "base_model")
     config_path = staging / "adapter_config.json"
     adapter_config = json.loads(config_path.read_text())
@@ -110,7 +96,7 @@ def _export_adapter(run: Path, cfg: RunConfig, staging: Path, final: Path) -> No
 def _export_merged(run: Path, cfg: RunConfig, staging: Path) -> None:
     from medsum.models import load_pretrained, load_tokenizer
 
-    tokenizer = load_tokenizer(str(run / "tokenizer"))
+    tokenizer = load_tokenizer(str(run / rundir.TOKENIZER))
     model = load_model(run, cfg, fp32=True).eval()
     probe = _probe(tokenizer, cfg, model)
     expected = _logits(model, probe)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medsum import rundir
 from medsum.config import RunConfig, load_run_config
 from medsum.errors import MedsumError
 from medsum.evaluate import generate_texts, generation_kwargs
@@ -87,20 +88,18 @@ def checked_texts(texts: list[Any]) -> list[str]:
 
 def read_run(run_dir: str | Path) -> RunConfig:
     """The resolved config of a finished run; a missing or unfinished run is a one-line error."""
-    from medsum.train import is_finished
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise MedsumError(f"run directory not found: {run_dir}")
-    if not (run_dir / "config.yaml").is_file() or not is_finished(run_dir):
+    if not (run_dir / rundir.CONFIG).is_file() or not rundir.is_finished(run_dir):
         raise MedsumError(f"{run_dir} is not a finished run (no config.yaml or metrics.json): train it first, "
                           f"or pick a finished run (medsum study status DIR lists them)")
-    return load_run_config(run_dir / "config.yaml")
+    return load_run_config(run_dir / rundir.CONFIG)
 
 
 def base_model_source(run_dir: Path, cfg: RunConfig) -> str:
     """The tiny model's run keeps its base in base_model/; other runs name a hub id or local directory."""
-    local = run_dir / "base_model"
+    local = run_dir / rundir.BASE_MODEL
     if local.is_dir():
         return str(local)
     if cfg.model.name == "tiny":
@@ -114,10 +113,10 @@ def load_model(run_dir: Path, cfg: RunConfig, fp32: bool = False):
     from medsum.models import load_pretrained
 
     if not METHODS[cfg.method.name].saves_adapter:
-        model = load_pretrained(str(run_dir / "model"))
+        model = load_pretrained(str(run_dir / rundir.MODEL))
         return model.float() if fp32 else model
     base = load_pretrained(base_model_source(run_dir, cfg))
-    return load_adapter(base.float() if fp32 else base, run_dir / "adapter")
+    return load_adapter(base.float() if fp32 else base, run_dir / rundir.ADAPTER)
 
 
 def load_adapter(base, adapter_dir: Path):
@@ -214,6 +213,6 @@ def load_summarizer(run_dir: str | Path, device: str | None = None, batch_size: 
     if batch_size is not None and batch_size < 1:
         raise MedsumError(f"batch size must be >= 1, got {batch_size}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = load_tokenizer(str(run_dir / "tokenizer"))
+    tokenizer = load_tokenizer(str(run_dir / rundir.TOKENIZER))
     model = load_model(run_dir, cfg).to(device).eval()
     return Summarizer(model, tokenizer, cfg, device, batch_size or cfg.generate.batch_size)

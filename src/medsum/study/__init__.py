@@ -5,7 +5,7 @@ into ``DIR/runs/<run>/`` with an executor (``study.executors``), then writes ``D
 Layout of a study directory:
     study.yaml        the spec of the last ``study run`` (with its command line), for the record
     .study.lock       held (flock) while a ``study run`` works here; .study.lock.json says by whom
-    runs/<run>/       one run directory each (see ``medsum.train`` and ``medsum.report.runs``)
+    runs/<run>/       one run directory each (see ``medsum.rundir``)
     report/           results.csv, summary.md, summary.tex, plots
 """
 
@@ -21,9 +21,10 @@ from pathlib import Path
 
 import yaml
 
-from medsum.config import atomic_write_text, parse_override
+from medsum import rundir
+from medsum.config import parse_override
 from medsum.errors import MedsumError
-from medsum.report.runs import MEMBERSHIP_FILE, RUNNING_FILE, load_runs, running_process
+from medsum.report.runs import load_runs
 from medsum.study.spec import PlannedRun, StudySpec, expand, load_spec
 
 __all__ = ["run_study", "run_spec", "status_table", "study_lock", "load_spec", "expand"]
@@ -69,18 +70,18 @@ def run_spec(spec: StudySpec, output: Path, overrides: list[str], executor: str 
 
 
 def _finished(run: PlannedRun) -> bool:
-    return (run.config.run_dir / "metrics.json").is_file()
+    return rundir.is_finished(run.config.run_dir)
 
 
 def _prepare(output: Path, spec: StudySpec, runs: list[PlannedRun], record: str) -> None:
     """Records the spec, creates every run directory with its study membership, clears markers of dead runs."""
-    atomic_write_text(output / "study.yaml", record)
+    rundir.atomic_write_text(output / "study.yaml", record)
     for planned in runs:
         run_dir = planned.config.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / MEMBERSHIP_FILE, json.dumps(planned.membership(spec.name), indent=2) + "\n")
+        rundir.atomic_write_json(run_dir / rundir.MEMBERSHIP, planned.membership(spec.name))
         # we hold the lock, so no other study run can be training here: any marker is left by a dead process
-        (run_dir / RUNNING_FILE).unlink(missing_ok=True)
+        (run_dir / rundir.RUNNING).unlink(missing_ok=True)
 
 
 def _raise_if_failed(statuses: dict[str, str], total: int, report: Path) -> None:
@@ -106,8 +107,7 @@ def study_lock(output: Path) -> Iterator[None]:
         raise MedsumError(f"study directory {output} is locked: another `medsum study run` is working in it "
                           f"({lock_holder(output)}); wait for it to finish or stop it") from None
     try:
-        atomic_write_text(output / f"{LOCK_FILE}.json", json.dumps({"pid": os.getpid(),
-                                                                    "host": socket.gethostname()}))
+        rundir.atomic_write_json(output / f"{LOCK_FILE}.json", {"pid": os.getpid(), "host": socket.gethostname()})
         yield
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
@@ -142,7 +142,7 @@ def status_table(output: Path) -> str:
     """The runs of a study as done / running / failed / pending, one line each."""
     output = Path(output)
     records = load_runs(output)
-    counts = {s: sum(r.status == s for r in records) for s in ("done", "running", "failed", "pending")}
+    counts = {s: sum(r.status == s for r in records) for s in rundir.STATUSES}
     lines = [f"{output}: {len(records)} runs, " + ", ".join(f"{n} {s}" for s, n in counts.items())]
     if is_locked(output):
         lines.append(f"a study run is working here ({lock_holder(output)})")
@@ -152,7 +152,7 @@ def status_table(output: Path) -> str:
         rouge1 = record.metrics.get("test", {}).get("rouge1")
         detail = record.error if record.status == "failed" else ""
         if record.status == "running":
-            marker = running_process(record.path) or {}
+            marker = rundir.running_process(record.path) or {}
             detail = f"pid {marker.get('pid')} on {marker.get('host')}"
         score = f"{rouge1:7.2f}" if isinstance(rouge1, (int, float)) else " " * 7
         lines.append(f"{record.name:<{width}}  {record.status:<8}  {score}  {detail}".rstrip())

@@ -8,7 +8,6 @@ ray:   one Ray task per run (``pip install 'medsum[ray]'``), asking for 1 GPU wh
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
@@ -19,9 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from medsum.config import RunConfig, atomic_write_text
+from medsum import rundir
+from medsum.config import RunConfig
 from medsum.errors import MedsumError
-from medsum.report.runs import ERROR_FILE, RUNNING_FILE, error_message
 from medsum.study.spec import PlannedRun
 
 # variables a Ray worker on another node needs to find data, caches and offline mode as the driver does
@@ -37,12 +36,12 @@ def execute_run(cfg: RunConfig, show_progress: bool = True) -> str:
     from medsum import train
 
     run_dir = cfg.run_dir
-    if train.is_finished(run_dir):
+    if rundir.is_finished(run_dir):
         return "done"
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / ERROR_FILE).unlink(missing_ok=True)
-    marker = run_dir / RUNNING_FILE
-    atomic_write_text(marker, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}))
+    (run_dir / rundir.ERROR).unlink(missing_ok=True)
+    marker = run_dir / rundir.RUNNING
+    rundir.atomic_write_json(marker, {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()})
     try:
         train.run(cfg, show_progress=show_progress)
         return "done"
@@ -58,7 +57,7 @@ def record_failure(run_dir: Path, err: BaseException) -> None:
     if not isinstance(err, MedsumError):
         message = f"{type(err).__name__}: {message}"
     details = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-    atomic_write_text(run_dir / ERROR_FILE, f"{message}\n\n{details}")
+    rundir.atomic_write_text(run_dir / rundir.ERROR, f"{message}\n\n{details}")
 
 
 # ---------------------------------------------------------------------------------------------- local
@@ -72,7 +71,8 @@ def run_local(runs: list[PlannedRun], show_progress: bool = True) -> dict[str, s
         print(f"[{i}/{len(runs)}] {planned.name}{_eta(started, i - 1, len(runs))}", flush=True)
         statuses[planned.name] = execute_run(planned.config, show_progress)
         if statuses[planned.name] == "failed":
-            print(f"[{i}/{len(runs)}] {planned.name} failed: {error_message(planned.config.run_dir)}", flush=True)
+            reason = rundir.error_message(planned.config.run_dir)
+            print(f"[{i}/{len(runs)}] {planned.name} failed: {reason}", flush=True)
     return statuses
 
 
@@ -165,7 +165,7 @@ def _collect(ray, refs: dict[Any, PlannedRun], show_progress: bool) -> dict[str,
                 statuses[planned.name] = ray.get(done[0])
             except ray.exceptions.RayError as err:  # the worker died (out of memory, node lost): the task never
                 record_failure(planned.config.run_dir, err)  # got to write error.txt itself
-                (planned.config.run_dir / RUNNING_FILE).unlink(missing_ok=True)
+                (planned.config.run_dir / rundir.RUNNING).unlink(missing_ok=True)
                 statuses[planned.name] = "failed"
             bar.set_postfix_str(f"{planned.name}: {statuses[planned.name]}")
             bar.update(1)
