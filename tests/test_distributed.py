@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,10 @@ def _train(out: Path, batch_size: int, nproc: int, cache: Path | None = None) ->
 
 def test_two_processes_match_one(tmp_path):
     one, _ = _train(tmp_path / "one", batch_size=4, nproc=1)
-    two, printed = _train(tmp_path / "two", batch_size=2, nproc=2, cache=tmp_path / "fresh-cache")
+    # a cache without prepared data, but with the first run's tiny model: its tokenizer must be the same one
+    fresh = tmp_path / "fresh-cache"
+    shutil.copytree(Path(os.environ["MEDSUM_CACHE"]) / "tiny", fresh / "tiny")
+    two, printed = _train(tmp_path / "two", batch_size=2, nproc=2, cache=fresh)
     # one process prepared each split while the other waited and mapped it
     for split in ("train", "validation", "test"):
         assert printed.count(f"prepared the tokenized {split} split") == 1, printed

@@ -2,8 +2,9 @@
 
 An entry is a folder ``<root>/<key>/`` holding ``data.arrow`` (Arrow IPC stream, the format ``datasets`` memory-maps)
 and ``meta.json`` (rows, bytes and an xxh64 checksum of the Arrow file, plus what the builder recorded). It is built in
-a staging folder and renamed into place, so a reader never sees half an entry. Opening re-checks size and checksum:
-a damaged entry (a crash mid-copy, a full disk, a stray edit) is deleted and rebuilt, never trusted. One process
+a staging folder and renamed into place (``rundir.atomic_dir``), so a reader never sees half an entry. Opening
+re-checks size and checksum: a damaged entry (a crash mid-copy, a full disk, a stray edit) is rebuilt, never
+trusted. One process
 builds an entry while the others wait on a file lock and then map it (``--nproc N``, parallel study runs), so memory
 does not grow with the number of processes.
 """
@@ -13,12 +14,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
-import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from medsum.rundir import atomic_dir
 
 DATA_FILE = "data.arrow"
 META_FILE = "meta.json"
@@ -112,19 +113,12 @@ def open_or_build(entry: Path, build: Callable[[Path], dict[str, Any]], what: st
         meta = read_meta(entry)  # built by the process that held the lock
         if meta is not None:
             return entry, meta
-        staging = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
         started = time.perf_counter()
-        try:
+        with atomic_dir(entry) as staging:  # replaces a damaged entry whole
             recorded = build(staging / DATA_FILE)
             data = staging / DATA_FILE
             meta = {**recorded, "bytes": data.stat().st_size, "xxh64": file_checksum(data)}
             (staging / META_FILE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-            shutil.rmtree(entry, ignore_errors=True)  # a damaged entry
-            os.replace(staging, entry)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     seconds = time.perf_counter() - started
     print(f"prepared {what}: {meta.get('rows', 0):,} rows in {seconds:.1f} s ({meta.get('rows', 0) / seconds:,.0f}/s; "
           f"{meta['bytes'] / 2**20:,.1f} MiB in {entry})", flush=True)
