@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from medsum.config import flatten
 from medsum.errors import MedsumError
+from medsum.settings import flatten
 
 MEMBERSHIP_FILE = "study.json"
 RUNNING_FILE = "running.json"
