@@ -141,7 +141,7 @@ class GenerateConfig:
                                     bound=_POSITIVE, serve_max=5)
     no_repeat_ngram_size: int = setting(3, "Never repeat an n-gram of this size (0 disables).",
                                         bound=_NON_NEGATIVE, serve_max=10)
-    min_new_tokens: int = setting(30, "Minimum generated tokens (at most max_new_tokens).", bound=_NON_NEGATIVE,
+    min_new_tokens: int = setting(30, "Minimum generated tokens.", bound=_NON_NEGATIVE,
                                   serve_max=1024)
     max_new_tokens: int = setting(256, "Maximum generated tokens.", bound=_AT_LEAST_ONE, serve_max=1024)
     batch_size: int = setting(8, "Examples per generation batch (batches are length-sorted).", bound=_POSITIVE)
