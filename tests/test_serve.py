@@ -223,8 +223,7 @@ def test_adapter_export_is_self_contained(lora_run, tmp_path):
 def _prompt_tuning_run(lora_run: Path, target: Path) -> Path:
     """A finished prompt-tuning run made from the LoRA run's files: training one would cost a minute."""
     from medsum.methods import METHODS, ModelContext
-    from medsum.models import FAMILIES
-    from medsum.models import load_pretrained
+    from medsum.models import FAMILIES, load_pretrained
 
     run_dir = target
     run_dir.mkdir()

@@ -3,8 +3,9 @@
 A run config is plain data. ``load_run_config(path, overrides)`` reads an optional YAML file, applies
 ``key=value`` overrides (values parsed as YAML), and builds the dataclasses below; every problem found
 (unknown key, wrong type, out-of-range value) is reported at once in one ``MedsumError`` naming the keys.
-The ``method`` section is chosen by ``method.name`` from the method registry, so each adaptation method owns
-its settings (see ``medsum.methods``).
+Each setting is declared once, with its help, bound and report names (``medsum.settings``). The ``method``
+section is chosen by ``method.name`` from the method registry, so each adaptation method owns its settings
+(see ``medsum.methods``); help text that lists the methods is generated from the registry.
 """
 
 from __future__ import annotations
