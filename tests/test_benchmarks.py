@@ -21,6 +21,8 @@ SCRIPTS = {
     "train_step.py": (["--methods", "lora", "full", "--precisions", "fp32", "--batch", "2", "--source", "32",
                        "--target", "16", "--steps", "1", "--no-profile"],
                       ["## Training step: throughput and MFU (tiny model)", "| lora | fp32 |", "| full | fp32 |"]),
+    "data_prep.py": (["--sizes", "300", "2100", "--max-source", "64", "--max-target", "16"],
+                     ["## Data preparation at scale (tiny tokenizer)", "| 300 |", "| 2,100 |"]),
     "generate.py": (["--examples", "3", "--batch-size", "2", "--beams", "2", "--max-new-tokens", "4", "--pairs",
                      "8"],
                     ["## Generation: medsum vs plain model.generate (tiny model)", "3/3",

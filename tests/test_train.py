@@ -248,7 +248,7 @@ class Retrained(Exception):
 
 
 def test_force_retrains_a_finished_run(tiny_runs, monkeypatch):
-    def refuse(cfg):
+    def refuse(cfg, show_progress=False):
         raise Retrained
 
     monkeypatch.setattr(train, "setup", refuse)
@@ -337,3 +337,44 @@ def test_fp16_is_refused_for_t5(tmp_path):
     with pytest.raises(MedsumError, match="fp16"):
         train.run(tiny_run_config(run_dir, "lora", "train.precision=fp16"), show_progress=False)
     assert not run_dir.exists()
+
+
+def test_a_test_pass_killed_half_way_resumes_with_its_predictions(tmp_path, monkeypatch):
+    """The test pass appends each finished batch to test_predictions.partial.jsonl; started again, the run reuses
+    them, generates only the rest and ends with exactly the predictions of an uninterrupted run."""
+    from medsum import evaluate
+    from medsum.partial_predictions import PARTIAL_FILE
+
+    extra = ("data.max_eval_examples=10", "generate.batch_size=3", "generate.num_beams=2", "seed=5")
+    clean = train.run(tiny_run_config(tmp_path / "clean", "lora", *extra), show_progress=False)
+    assert clean["test"]["reused_predictions"] == 0
+    generate_batch, calls = evaluate._generate_batch, []
+
+    def crash_on_the_third_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return generate_batch(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "_generate_batch", crash_on_the_third_batch)
+    crashed = tmp_path / "crashed"
+    with pytest.raises(KeyboardInterrupt):
+        train.run(tiny_run_config(crashed, "lora", *extra), show_progress=False)
+    assert len(read_jsonl(crashed / PARTIAL_FILE)) == 6 and not (crashed / "metrics.json").exists()
+    monkeypatch.setattr(evaluate, "_generate_batch", generate_batch)
+    resumed = train.run(tiny_run_config(crashed, "lora", *extra), show_progress=False)
+    assert resumed["test"]["reused_predictions"] == 6
+    assert read_jsonl(crashed / "predictions.jsonl") == read_jsonl(tmp_path / "clean" / "predictions.jsonl")
+    assert resumed["test"]["rouge1"] == clean["test"]["rouge1"]
+    assert not (crashed / PARTIAL_FILE).exists()
+
+
+def test_partial_predictions_of_other_weights_are_not_reused(tmp_path):
+    from medsum.partial_predictions import PartialPredictions
+
+    old = PartialPredictions(tmp_path, "weights-a")
+    old.append([(0, "id-0", "a summary", 3), (1, "id-1", "another", 2)])
+    with open(old.path, "a") as handle:
+        handle.write('{"key": "weights-a", "index": 2, "predi')  # torn by the crash
+    assert old.load() == {0: ("a summary", 3), 1: ("another", 2)}
+    assert PartialPredictions(tmp_path, "weights-b").load() == {}

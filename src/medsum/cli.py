@@ -140,7 +140,7 @@ def cmd_train(args) -> int:
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         from medsum.train import check_inputs
 
-        check_inputs(cfg)
+        check_inputs(cfg, show_progress=not args.quiet)
         return _launch_processes(args.nproc, args.items, args)
     if is_finished(cfg.run_dir) and not args.force:
         print(f"run already finished: {cfg.run_dir / 'metrics.json'} (nothing to do; --force retrains)")

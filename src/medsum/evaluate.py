@@ -144,36 +144,56 @@ def _self_attention_reordered_cache_class():
 
 
 def generate_texts(model, tokenizer, input_ids: list[list[int]], settings: dict[str, Any], batch_size: int,
-                   device, autocast_dtype=None, progress=None) -> tuple[list[str], int]:
+                   device, autocast_dtype=None, progress=None, done: dict[int, tuple[str, int]] | None = None,
+                   on_batch=None) -> tuple[list[str], int]:
     """Summaries for pre-tokenized inputs, in input order, plus the number of generated (non-pad) tokens.
 
-    Inputs are generated longest first in batches of similar length, so little compute goes to padding.
+    Inputs are generated longest first in fixed batches of similar length, so little compute goes to padding. A
+    batch whose every input is in ``done`` ({index: (text, generated tokens)}, from an interrupted pass) is taken
+    from there instead; ``on_batch(indices, texts, token_counts)`` is told each batch generated.
     """
+    order = sorted(range(len(input_ids)), key=lambda i: -len(input_ids[i]))
+    texts: list[str] = [""] * len(input_ids)
+    generated_tokens = 0
+    done = done or {}
+    model.eval()
+    for start in range(0, len(order), batch_size):
+        indices = order[start:start + batch_size]
+        if all(i in done for i in indices):
+            batch_texts, counts = [done[i][0] for i in indices], [done[i][1] for i in indices]
+        else:
+            batch_texts, counts = _generate_batch(model, tokenizer, [input_ids[i] for i in indices], settings, device,
+                                                  autocast_dtype)
+            if on_batch is not None:
+                on_batch(indices, batch_texts, counts)
+        for index, text, count in zip(indices, batch_texts, counts):
+            texts[index] = text
+            generated_tokens += count
+        if progress is not None:
+            progress(len(indices))
+    return texts, generated_tokens
+
+
+def _generate_batch(model, tokenizer, rows: list[list[int]], settings: dict[str, Any], device,
+                    autocast_dtype) -> tuple[list[str], list[int]]:
+    """The texts of one batch and each one's number of generated (non-pad) tokens."""
     import torch
 
     from medsum.data import collate
 
-    order = sorted(range(len(input_ids)), key=lambda i: -len(input_ids[i]))
-    texts: list[str] = [""] * len(input_ids)
-    generated_tokens = 0
     pad_id = tokenizer.pad_token_id
     special = set(tokenizer.all_special_ids)
-    model.eval()
-    for start in range(0, len(order), batch_size):
-        indices = order[start:start + batch_size]
-        batch = collate([{"input_ids": input_ids[i]} for i in indices], pad_id, with_labels=False)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        with torch.no_grad(), torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype,
-                                             enabled=autocast_dtype is not None):
-            cache = _beam_search_cache(model, settings.get("num_beams", 1))
-            extra = {_generate_cache_argument(): cache} if cache is not None else {}
-            output = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra,
-                                    **settings)
-        output = output.cpu()
-        for row, index in zip(output, indices):
-            tokens = [t for t in row.tolist()[1:] if t != pad_id]  # drop the decoder start token
-            generated_tokens += len(tokens)
-            texts[index] = tokenizer.decode([t for t in tokens if t not in special], skip_special_tokens=True).strip()
-        if progress is not None:
-            progress(len(indices))
-    return texts, generated_tokens
+    batch = collate([{"input_ids": row} for row in rows], pad_id, with_labels=False)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    with torch.no_grad(), torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype,
+                                         enabled=autocast_dtype is not None):
+        cache = _beam_search_cache(model, settings.get("num_beams", 1))
+        extra = {_generate_cache_argument(): cache} if cache is not None else {}
+        output = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra,
+                                **settings)
+    texts, counts = [], []
+    for row in output.cpu():
+        tokens = [t for t in row.tolist()[1:] if t != pad_id]  # drop the decoder start token
+        counts.append(len(tokens))
+        texts.append(tokenizer.decode([t for t in tokens if t not in special], skip_special_tokens=True).strip())
+    return texts, counts

@@ -7,6 +7,7 @@ The run directory (documented once, here):
     adapter/ | model/    the trained weights: a PEFT adapter, or a save_pretrained model for full fine-tuning
     base_model/          the tiny base model (model.name=tiny only), so the run directory is self-contained
     tokenizer/           the tokenizer
+    test_predictions.partial.jsonl   the test pass's finished batches while it runs (reused after a crash)
     predictions.jsonl    one line per test example with its ROUGE
     metrics.json         written last: its presence marks the run finished
 """
@@ -28,7 +29,7 @@ from typing import Any
 
 from medsum import checkpoint as ckpt
 from medsum.config import RunConfig, atomic_write_text, save_run_config
-from medsum.data import collate, length_grouped_batches, load_splits, tokenize
+from medsum.data import collate, length_grouped_batches, load_splits, tokenize, training_text_sample
 from medsum.errors import MedsumError
 from medsum.evaluate import (
     ROUGE_KEYS,
@@ -40,6 +41,7 @@ from medsum.evaluate import (
 )
 from medsum.methods import METHODS, ModelContext
 from medsum.models import (
+    TINY_TOKENIZER_MAX_EXAMPLES,
     cache_dir,
     count_parameters,
     family_of,
@@ -48,9 +50,10 @@ from medsum.models import (
     parameter_report,
     resolve_model_source,
 )
+from medsum.partial_predictions import PARTIAL_FILE, PartialPredictions, pass_key
 
 RUN_OUTPUTS = ("checkpoints", "adapter", "model", "base_model", "tokenizer", "predictions.jsonl", "metrics.json",
-               "train_log.jsonl", "config.yaml", "error.txt")
+               "train_log.jsonl", "config.yaml", "error.txt", PARTIAL_FILE)
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -123,21 +126,20 @@ def resolve_config(cfg: RunConfig, family, precision: str) -> RunConfig:
     )
 
 
-def check_inputs(cfg: RunConfig) -> None:
+def check_inputs(cfg: RunConfig, show_progress: bool = False) -> None:
     """The input checks of setup() that need no model weights: data and model name (used before launching
     processes, so that a typo is one line from the launcher, not one per process)."""
-    splits = load_splits(cfg.data)
-    resolve_model_source(cfg.model.name, [t for e in splits["train"] for t in (e.source, e.target)])
+    splits = load_splits(cfg.data, show_progress=show_progress)
+    resolve_model_source(cfg.model.name, training_text_sample(splits["train"], TINY_TOKENIZER_MAX_EXAMPLES))
 
 
-def setup(cfg: RunConfig) -> Setup:
+def setup(cfg: RunConfig, show_progress: bool = False) -> Setup:
     """Loads data, tokenizer and model and wraps the model with the method; raises MedsumError on bad input."""
     import torch
     from accelerate.utils import set_seed
 
-    splits = load_splits(cfg.data)
-    train_texts = [t for e in splits["train"] for t in (e.source, e.target)]
-    source = resolve_model_source(cfg.model.name, train_texts)
+    splits = load_splits(cfg.data, show_progress=show_progress)
+    source = resolve_model_source(cfg.model.name, training_text_sample(splits["train"], TINY_TOKENIZER_MAX_EXAMPLES))
     tokenizer = load_tokenizer(source)
     model = load_pretrained(source, cfg.model.dropout)
     family = family_of(model.config)
@@ -169,7 +171,8 @@ def setup(cfg: RunConfig) -> Setup:
                           f"{accelerator.num_processes} processes")
     token_cache = cache_dir() / "tokenized"
     encoded = {split: tokenize(examples, tokenizer, cfg.data.prefix, cfg.data.max_source_tokens,
-                               cfg.data.max_target_tokens, cache=token_cache)
+                               cfg.data.max_target_tokens, cache=token_cache, what=f"{split} split",
+                               show_progress=show_progress and accelerator.is_main_process)
                for split, examples in splits.items()}
     torch.set_float32_matmul_precision("high")  # TF32 on Ampere+ GPUs; no effect on CPU
     return Setup(cfg, accelerator, tokenizer, model, splits, encoded, source, params,
@@ -265,25 +268,39 @@ def _train_step(setup_: Setup, model, optimizer, scheduler, rows: list[list[dict
     return total_loss, real_tokens
 
 
-def generate_sharded(setup_: Setup, model, encoded: list[dict], settings: dict, progress=None) -> tuple[list[str], int]:
+def generate_sharded(setup_: Setup, model, encoded: list[dict], settings: dict, progress=None,
+                     partial: PartialPredictions | None = None) -> tuple[list[str], int, int]:
     """Generates for every example, each process taking every world_size-th one, gathered back in input order:
-    no example is lost or duplicated, whatever the number of processes."""
+    no example is lost or duplicated, whatever the number of processes. With ``partial``, finished batches are
+    appended there and those of an interrupted pass reused. Returns (texts, generated tokens, reused examples)."""
     import torch
     from accelerate.utils import gather_object
 
     accelerator = setup_.accelerator
     rank, world = accelerator.process_index, accelerator.num_processes
     shard = list(range(rank, len(encoded), world))
+    earlier = partial.load() if partial is not None else {}
+    done = {k: earlier[i] for k, i in enumerate(shard) if i in earlier}
+    on_batch, generated_here = None, []
+    if partial is not None:
+        ids = [e.id for e in setup_.splits["test"]]
+
+        def on_batch(indices, texts, counts):
+            partial.append([(shard[k], ids[shard[k]], text, n) for k, text, n in zip(indices, texts, counts)])
+            generated_here.extend(indices)
+
     texts, generated = generate_texts(_unwrap(setup_, model), setup_.tokenizer,
                                       [encoded[i]["input_ids"] for i in shard], settings,
                                       setup_.cfg.generate.batch_size, accelerator.device, setup_.autocast_dtype,
-                                      progress=progress)
+                                      progress=progress, done=done, on_batch=on_batch)
+    reused = len(shard) - len(generated_here) if partial is not None else 0
     if world == 1:
-        return texts, generated
+        return texts, generated, reused
     rows = gather_object([(i, text) for i, text in zip(shard, texts)])
     total = int(accelerator.reduce(torch.tensor(generated, device=accelerator.device), "sum"))
+    reused = int(accelerator.reduce(torch.tensor(reused, device=accelerator.device), "sum"))
     ordered = dict(rows)
-    return [ordered[i] for i in range(len(encoded))], total
+    return [ordered[i] for i in range(len(encoded))], total, reused
 
 
 def _validation_rows(setup_: Setup) -> int:
@@ -299,7 +316,7 @@ def validate(setup_: Setup, model) -> dict[str, float]:
     g = cfg.generate
     settings = generation_kwargs(cfg.train.eval_num_beams, g.length_penalty, g.no_repeat_ngram_size,
                                  g.min_new_tokens, g.max_new_tokens)
-    texts, _ = generate_sharded(setup_, model, setup_.encoded["validation"][:limit], settings)
+    texts, _, _ = generate_sharded(setup_, model, setup_.encoded["validation"][:limit], settings)
     model.train()
     return aggregate(rouge_per_example(references, texts))
 
@@ -351,7 +368,7 @@ def train_loop(setup_: Setup, run_dir: Path, show_progress: bool = True) -> Prog
     cfg, accelerator = setup_.cfg, setup_.accelerator
     model = setup_.model
     optimizer = _optimizer(model, cfg)
-    lengths = [len(r["input_ids"]) + len(r["labels"]) for r in setup_.encoded["train"]]
+    lengths = setup_.encoded["train"].lengths()
     steps, per_epoch = total_steps(cfg, lengths, accelerator.num_processes)
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(steps * cfg.train.warmup_ratio), steps)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -440,8 +457,9 @@ def train_loop(setup_: Setup, run_dir: Path, show_progress: bool = True) -> Prog
 # ---------------------------------------------------------------------------------------------- test and save
 
 
-def test(setup_: Setup, show_progress: bool = True) -> tuple[dict, list[dict], float, int]:
-    """Full generate.* settings on the whole (capped) test split; ROUGE against the full reference texts."""
+def test(setup_: Setup, show_progress: bool = True, run_dir: Path | None = None) -> tuple[dict, list[dict], float, int]:
+    """Full generate.* settings on the whole (capped) test split; ROUGE against the full reference texts. With
+    ``run_dir``, finished batches go to its partial-predictions file and an interrupted pass's are reused."""
     from tqdm.auto import tqdm
 
     cfg = setup_.cfg
@@ -451,8 +469,14 @@ def test(setup_: Setup, show_progress: bool = True) -> tuple[dict, list[dict], f
     examples = setup_.splits["test"]
     bar = tqdm(total=len(examples), desc=f"test {cfg.run_name}", unit="ex",
                disable=not (show_progress and setup_.accelerator.is_main_process), dynamic_ncols=True)
+    partial = None
+    if run_dir is not None:
+        key = pass_key(setup_.model, settings, g.batch_size, [e.id for e in examples],
+                       setup_.accelerator.num_processes)
+        partial = PartialPredictions(run_dir, key)
     t0 = time.perf_counter()
-    texts, generated = generate_sharded(setup_, setup_.model, setup_.encoded["test"], settings, bar.update)
+    texts, generated, reused = generate_sharded(setup_, setup_.model, setup_.encoded["test"], settings, bar.update,
+                                                partial)
     seconds = time.perf_counter() - t0
     bar.close()
     references = [e.target for e in examples]
@@ -463,6 +487,7 @@ def test(setup_: Setup, show_progress: bool = True) -> tuple[dict, list[dict], f
     summary["gen_len"] = generated / max(len(examples), 1)
     summary["empty_predictions"] = sum(1 for p in texts if not p.strip())
     summary["examples"] = len(examples)
+    summary["reused_predictions"] = reused
     return summary, rows, seconds, generated
 
 
@@ -609,7 +634,7 @@ def run(cfg: RunConfig, force: bool = False, show_progress: bool = True) -> dict
     if is_finished(run_dir) and not force:
         return None
     reset_peak_memory()
-    setup_ = setup(cfg)  # every input error surfaces here, before anything is written
+    setup_ = setup(cfg, show_progress)  # every input error surfaces here, before anything is written
     cfg = setup_.cfg
     accelerator = setup_.accelerator
     if accelerator.is_main_process:
@@ -622,12 +647,13 @@ def run(cfg: RunConfig, force: bool = False, show_progress: bool = True) -> dict
               f"{accelerator.num_processes} process(es), {cfg.train.precision}", flush=True)
     accelerator.wait_for_everyone()
     progress = train_loop(setup_, run_dir, show_progress)
-    summary, rows, seconds, generated = test(setup_, show_progress)
+    summary, rows, seconds, generated = test(setup_, show_progress, run_dir)
     if not accelerator.is_main_process:
         accelerator.wait_for_everyone()
         return None
     weight_bytes = save_weights(setup_, run_dir)
     metrics = write_results(setup_, run_dir, progress, summary, rows, seconds, generated, weight_bytes)
+    PartialPredictions(run_dir, "").remove()  # predictions.jsonl holds them all now
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     accelerator.wait_for_everyone()
     print("test " + "  ".join(f"{k} {summary[k]:.2f}" for k in ROUGE_KEYS) + f"  -> {run_dir}", flush=True)
