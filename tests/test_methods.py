@@ -3,15 +3,25 @@ and the PEFT pitfalls of PITFALLS.md stay fixed (prompt tuning with beams, decod
 
 from __future__ import annotations
 
+import dataclasses
+
+import matplotlib
 import pytest
 import torch
 
+from medsum.cli import build_parser
 from medsum.config import load_run_config
 from medsum.data import collate, tokenize
 from medsum.errors import MedsumError
 from medsum.evaluate import generate_texts, generation_kwargs
-from medsum.methods import METHODS, ModelContext
-from medsum.models import count_parameters, load_pretrained
+from medsum.methods import METHODS, Method, ModelContext
+from medsum.models import FAMILIES, count_parameters, load_pretrained
+from medsum.report import group_runs, plots, sweep_groups, tables
+from medsum.report.runs import RunRecord
+from medsum.settings import Bound, MethodConfig, Names, flatten, setting
+from medsum.study.spec import expand, spec_from_dict
+
+matplotlib.use("Agg")
 
 D_MODEL = 64  # models.TINY_ARCHITECTURE
 
@@ -20,7 +30,7 @@ def wrapped(tiny_source, method: str, *overrides: str, model=None):
     cfg = load_run_config(None, [f"method.name={method}", *overrides])
     base = model if model is not None else load_pretrained(str(tiny_source))
     torch.manual_seed(0)
-    return METHODS[method].apply(base, cfg.method, ModelContext("tiny", str(tiny_source), ("q", "v"))), cfg.method
+    return METHODS[method].apply(base, cfg.method, ModelContext("tiny", str(tiny_source), FAMILIES["t5"])), cfg.method
 
 
 @pytest.fixture(scope="module")
@@ -247,3 +257,82 @@ def test_beam_search_cache_gives_the_default_beams_on_bart():
     assert type(cache).__name__ == "SelfAttentionReorderedCache"
     assert torch.equal(fast.sequences, default.sequences)
     assert torch.allclose(fast.sequences_scores, default.sequences_scores, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- adding a method
+
+
+@dataclasses.dataclass
+class ToyConfig(MethodConfig):
+    name: str = "toy"
+    width: int = setting(3, "Toy width.", bound=Bound(1),
+                         names=Names(run="w", short="width", title="toy width w", axis="toy width (units)"))
+    target_modules: list[str] | None = setting(None, "Modules; null takes the family's feed-forward modules.")
+
+
+def _toy_resolve(cfg: ToyConfig, family) -> ToyConfig:
+    if cfg.target_modules is not None:
+        return cfg
+    return dataclasses.replace(cfg, target_modules=list(family.modules.feed_forward))
+
+
+TOY = Method(ToyConfig, "toy tuning", lambda model, cfg, ctx: model, lambda model_name: 1e-3, "1e-3",
+             saves_adapter=False, resolve=_toy_resolve)
+
+
+@pytest.fixture
+def toy(monkeypatch):
+    """A throwaway method registered the way a new module would be: one registry entry, no other file edited."""
+    monkeypatch.setitem(METHODS, "toy", TOY)
+
+
+def test_a_registered_method_is_validated_as_config(toy):
+    assert load_run_config(None, ["method.name=toy", "method.width=5"]).method == ToyConfig(width=5)
+    with pytest.raises(MedsumError, match=r"method.width must be >= 1, got 0"):
+        load_run_config(None, ["method.name=toy", "method.width=0"])
+    with pytest.raises(MedsumError, match="method.width is not a setting of method lora"):
+        load_run_config(None, ["method.name=lora", "method.width=5"])
+
+
+def test_a_registered_method_appears_in_help(toy, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "method.width [toy] Toy width. [3]" in text
+    assert "Adaptation method: lora | prompt_tuning | full | toy." in text
+    assert "toy tuning 1e-3)" in text
+    assert "full fine-tuning or toy tuning" in " ".join(build_parser().format_help().split())
+
+
+def test_a_registered_method_names_study_runs_and_report_labels(toy, tmp_path):
+    spec = spec_from_dict({"base": {"model": {"name": "tiny"}}, "grid": {"method.name": ["toy"]},
+                           "sweeps": {"toy_width": {"method.name": "toy", "method.width": [2, 4]}}}, "study")
+    runs = expand(spec, [], tmp_path)
+    assert sorted(run.name for run in runs) == ["tiny__toy__s1", "tiny__toy__w2__s1", "tiny__toy__w4__s1"]
+    records = [RunRecord(run.name, tmp_path, "done", flatten(dataclasses.asdict(run.config)),
+                         {"model": "tiny", "method": "toy", "seed": 1, "params": {"trainable": 5},
+                          "test": {"rouge1": 30.0 + run.config.method.width}}, run.membership("s"))
+               for run in runs]
+    groups = group_runs(records)
+    assert [g.label for g in groups] == ["toy (width=2)", "toy (width=3)", "toy (width=4)"]
+    key, members = sweep_groups(records, groups)["toy_width"]
+    assert "| toy width w | Model |" in tables._sweep_section("toy_width", key, members)
+    assert plots.sweep_plot("toy_width", key, members).axes[0].get_xlabel().startswith("toy width (units)")
+
+
+def test_each_method_resolves_its_own_defaults_against_the_family(toy):
+    from medsum.train import resolve_config
+
+    for name, expected in (("lora", ["q_proj", "v_proj"]), ("toy", ["fc1", "fc2"])):
+        cfg = load_run_config(None, [f"method.name={name}"])
+        assert resolve_config(cfg, FAMILIES["bart"], "fp32").method.target_modules == expected
+    assert METHODS["lora"].resolve(load_run_config().method, FAMILIES["t5"]).target_modules == ["q", "v"]
+    prompt = load_run_config(None, ["method.name=prompt_tuning"]).method
+    assert METHODS["prompt_tuning"].resolve(prompt, FAMILIES["t5"]) == prompt
+
+
+def test_lora_warns_of_an_adapter_that_cannot_change_the_output():
+    check = METHODS["lora"].check_saved
+    assert "every lora_B weight is zero" in check({"x.lora_A.weight": torch.ones(2), "x.lora_B.weight": torch.zeros(2)})
+    assert check({"x.lora_A.weight": torch.ones(2), "x.lora_B.weight": torch.ones(2)}) is None
+    assert METHODS["prompt_tuning"].check_saved({"prompt_embeddings": torch.zeros(2)}) is None

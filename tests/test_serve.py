@@ -126,6 +126,22 @@ def test_out_of_range_generation_settings_are_refused(summarizer, overrides):
         summarizer.summarize("some text", **overrides)
 
 
+def test_generation_bounds_are_the_config_declarations_capped_for_requests():
+    from medsum.config import GENERATION_SETTINGS
+    from medsum.serve.app import SummarizeRequest
+    from medsum.serve.summarizer import GENERATION_BOUNDS
+
+    assert list(GENERATION_BOUNDS) == list(GENERATION_SETTINGS) == [
+        "num_beams", "length_penalty", "no_repeat_ngram_size", "min_new_tokens", "max_new_tokens"]
+    assert GENERATION_BOUNDS["num_beams"].describe() == "an integer in [1, 8]"
+    assert GENERATION_BOUNDS["length_penalty"].describe() == "a number in (0, 5]"
+    assert set(SummarizeRequest.model_fields) == {"text", "texts", *GENERATION_SETTINGS}
+    # a config may ask for more than a request may: a study can test 16 beams, a caller cannot
+    assert load_run_config(None, ["generate.num_beams=16"]).generate.num_beams == 16
+    with pytest.raises(MedsumError, match="generate.num_beams must be >= 1, got 0"):
+        load_run_config(None, ["generate.num_beams=0"])
+
+
 def test_generation_settings_resolve_over_the_run_defaults(summarizer):
     settings = summarizer.generation_settings(num_beams=2, max_new_tokens=8)
     assert settings["num_beams"] == 2 and settings["max_new_tokens"] == 8 and settings["no_repeat_ngram_size"] == 3
@@ -207,7 +223,7 @@ def test_adapter_export_is_self_contained(lora_run, tmp_path):
 def _prompt_tuning_run(lora_run: Path, target: Path) -> Path:
     """A finished prompt-tuning run made from the LoRA run's files: training one would cost a minute."""
     from medsum.methods import METHODS, ModelContext
-    from medsum.models import load_pretrained
+    from medsum.models import FAMILIES, load_pretrained
 
     run_dir = target
     run_dir.mkdir()
@@ -220,7 +236,7 @@ def _prompt_tuning_run(lora_run: Path, target: Path) -> Path:
     method = load_run_config(run_dir / "config.yaml").method
     torch.manual_seed(0)
     model = METHODS["prompt_tuning"].apply(load_pretrained(str(run_dir / "base_model")), method,
-                                           ModelContext("tiny", str(run_dir / "tokenizer"), ("q", "v")))
+                                           ModelContext("tiny", str(run_dir / "tokenizer"), FAMILIES["t5"]))
     model.save_pretrained(run_dir / "adapter")
     return run_dir
 

@@ -292,3 +292,16 @@ def test_the_ray_executor_gives_the_same_results_as_local(real_study, tmp_path):
     for metrics in local.glob("runs/*/metrics.json"):
         other = tmp_path / "ray" / "runs" / metrics.parent.name / "metrics.json"
         assert json.loads(other.read_text())["test"] == json.loads(metrics.read_text())["test"]
+
+
+def test_the_demo_is_a_study_file_shipped_in_the_package(tmp_path):
+    from medsum.study.demo import DEMO_STUDY, demo_spec_dict
+
+    assert DEMO_STUDY.name == "demo.yaml" and DEMO_STUDY.parent == Path(study.__file__).parent
+    tree = demo_spec_dict(tmp_path / "data")
+    assert tree["base"]["data"]["path"] == str(tmp_path / "data")
+    runs = expand(spec_from_dict(tree, str(DEMO_STUDY)), [], tmp_path / "out")
+    assert len(runs) == 14  # 3 methods x 2 seeds, and 2 new values x 2 seeds in each of the two sweeps
+    assert {run.config.method.name for run in runs} == {"lora", "prompt_tuning", "full"}
+    assert "tiny__lora__r64__s2" in {run.name for run in runs}
+    assert {run.config.train.learning_rate for run in runs if run.config.method.name == "full"} == {1e-3}

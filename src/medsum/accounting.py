@@ -3,7 +3,6 @@ parameters counted. The same counting code (``models.parameter_report``) fills `
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +26,10 @@ def count_for_config(cfg: RunConfig) -> dict[str, Any]:
     model = meta_model(name)
     family = family_of(model.config)
     base = count_parameters(model)["total"]
-    method_cfg = cfg.method
-    if getattr(method_cfg, "init", None) == "text":
-        # text initialisation changes values, not counts, and would need the tokenizer: count a random init
-        method_cfg = dataclasses.replace(method_cfg, init="random")
+    method = METHODS[cfg.method.name]
+    method_cfg = method.countable(method.resolve(cfg.method, family))
     tokenizer_path = name if Path(name).is_dir() else cfg.model.name
-    wrapped = METHODS[cfg.method.name].apply(model, method_cfg, ModelContext(cfg.model.name, tokenizer_path,
-                                                                             family.lora_targets))
+    wrapped = method.apply(model, method_cfg, ModelContext(cfg.model.name, tokenizer_path, family))
     report = parameter_report(base, wrapped)
     return {"model": cfg.model.name, "method": cfg.method.name, "base_params": report["base"],
             "trainable_params": report["trainable"], "total_params": report["total"],

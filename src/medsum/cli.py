@@ -40,9 +40,16 @@ def _split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]
     return None, items
 
 
+def _method_labels() -> str:
+    from medsum.methods import METHODS
+
+    labels = [method.label for method in METHODS.values()]
+    return ", ".join(labels[:-1]) + f" or {labels[-1]}" if len(labels) > 1 else labels[0]
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser(
-        "train", help="train one run (LoRA, prompt tuning or full fine-tuning) into a run directory",
+        "train", help=f"train one run ({_method_labels()}) into a run directory",
         description="Train, select on validation ROUGE-1, test with beam search and write one run directory.",
         epilog=EXAMPLES_TRAIN + "\n" + _config_reference(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("items", nargs="*", metavar="[CONFIG] key=value", help="optional YAML config, then overrides")

@@ -16,7 +16,8 @@ import re
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")  # the metric names of metrics.json, everywhere
+ROUGE_NAMES = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum"}  # in reports
 SENTENCE_SPLITTER = "regex: newline, or [.!?] followed by whitespace"
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\s*\n\s*")
 PARALLEL_MIN_EXAMPLES = 64  # below this a process pool costs more than it saves

@@ -1,7 +1,7 @@
 """Models: the model-family table, loading (hub id, local directory, the offline `tiny` model), and
 parameter accounting.
 
-Everything family-specific (input prefix, LoRA target names, fp16 safety) lives in ``FAMILIES``; the rest of
+Everything family-specific (input prefix, module names by role, fp16 safety) lives in ``FAMILIES``; the rest of
 medsum asks this table instead of assuming T5.
 """
 
@@ -19,22 +19,36 @@ from medsum.errors import MedsumError
 
 
 @dataclass(frozen=True)
+class ModuleRoles:
+    """A family's module names by role; each method picks the roles it adapts (LoRA: query and value)."""
+
+    query: tuple[str, ...]  # attention projections
+    key: tuple[str, ...]
+    value: tuple[str, ...]
+    output: tuple[str, ...]
+    feed_forward: tuple[str, ...]  # T5 v1.0 has wi/wo, the gated Flan-T5 wi_0/wi_1/wo
+
+
+@dataclass(frozen=True)
 class ModelFamily:
     model_type: str
     prefix: str  # input prefix the family was instruction-tuned with
-    lora_targets: tuple[str, ...]  # attention query/value projections
+    modules: ModuleRoles
     fp16_safe: bool  # False: activations overflow fp16 (T5: transformers #9295, #10956)
     dropout_keys: tuple[str, ...]  # config attributes holding the layers' dropout probabilities (model.dropout)
 
 
+_T5 = ModuleRoles(query=("q",), key=("k",), value=("v",), output=("o",), feed_forward=("wi", "wi_0", "wi_1", "wo"))
+_BART = ModuleRoles(query=("q_proj",), key=("k_proj",), value=("v_proj",), output=("out_proj",),
+                    feed_forward=("fc1", "fc2"))
 _T5_DROPOUT = ("dropout_rate",)
 _BART_DROPOUT = ("dropout", "attention_dropout", "activation_dropout")
 FAMILIES: dict[str, ModelFamily] = {
-    "t5": ModelFamily("t5", "summarize: ", ("q", "v"), fp16_safe=False, dropout_keys=_T5_DROPOUT),
-    "longt5": ModelFamily("longt5", "summarize: ", ("q", "v"), fp16_safe=False, dropout_keys=_T5_DROPOUT),
-    "mt5": ModelFamily("mt5", "summarize: ", ("q", "v"), fp16_safe=False, dropout_keys=_T5_DROPOUT),
-    "bart": ModelFamily("bart", "", ("q_proj", "v_proj"), fp16_safe=True, dropout_keys=_BART_DROPOUT),
-    "pegasus": ModelFamily("pegasus", "", ("q_proj", "v_proj"), fp16_safe=True, dropout_keys=_BART_DROPOUT),
+    "t5": ModelFamily("t5", "summarize: ", _T5, fp16_safe=False, dropout_keys=_T5_DROPOUT),
+    "longt5": ModelFamily("longt5", "summarize: ", _T5, fp16_safe=False, dropout_keys=_T5_DROPOUT),
+    "mt5": ModelFamily("mt5", "summarize: ", _T5, fp16_safe=False, dropout_keys=_T5_DROPOUT),
+    "bart": ModelFamily("bart", "", _BART, fp16_safe=True, dropout_keys=_BART_DROPOUT),
+    "pegasus": ModelFamily("pegasus", "", _BART, fp16_safe=True, dropout_keys=_BART_DROPOUT),
 }
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from medsum.config import MethodConfig, setting
 from medsum.methods.base import Method, ModelContext
+from medsum.settings import MethodConfig
 
 
 @dataclass
 class FullConfig(MethodConfig):
-    name: str = setting("full", "Adaptation method: lora | prompt_tuning | full.")
+    name: str = "full"
 
 
 def apply(model, cfg: FullConfig, ctx: ModelContext):
@@ -29,4 +29,5 @@ def default_learning_rate(model_name: str) -> float:
     return 5e-5
 
 
-METHOD = Method("full", FullConfig, apply, default_learning_rate, saves_adapter=False)
+METHOD = Method(FullConfig, "full fine-tuning", apply, default_learning_rate, "5e-5/3e-5/2e-5 for small/base/large",
+                saves_adapter=False)

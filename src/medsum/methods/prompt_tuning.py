@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
-from medsum.config import MethodConfig, setting
 from medsum.methods.base import Method, ModelContext
+from medsum.settings import Bound, MethodConfig, Names, setting
 
 
 @dataclass
 class PromptTuningConfig(MethodConfig):
-    name: str = setting("prompt_tuning", "Adaptation method: lora | prompt_tuning | full.")
-    num_virtual_tokens: int = setting(20, "Soft prompt length in tokens.")
+    name: str = "prompt_tuning"
+    num_virtual_tokens: int = setting(
+        20, "Soft prompt length in tokens.", bound=Bound(1),
+        names=Names(run="pt", short="tokens", title="prompt tokens", axis="prompt length (virtual tokens)"))
     init: str = setting("text", "text: initialise the prompt from the embeddings of init_text; random: at random.")
     init_text: str = setting("Summarize the following biomedical article:",
                              "Text whose token embeddings initialise the prompt (init: text).")
 
     def validate(self) -> list[str]:
         errors = []
-        if self.num_virtual_tokens < 1:
-            errors.append(f"method.num_virtual_tokens must be >= 1, got {self.num_virtual_tokens}")
         if self.init not in ("text", "random"):
             errors.append(f"method.init must be text or random, got {self.init!r}")
         if self.init == "text" and not self.init_text.strip():
@@ -45,9 +46,15 @@ def apply(model, cfg: PromptTuningConfig, ctx: ModelContext):
     return get_peft_model(model, peft_config)
 
 
+def countable(cfg: PromptTuningConfig) -> PromptTuningConfig:
+    # text initialisation changes values, not counts, and would need the tokenizer: count a random init
+    return dataclasses.replace(cfg, init="random")
+
+
 def default_learning_rate(model_name: str) -> float:
     # Prompt tuning needs a far larger step than LoRA on Flan-T5 (peft #386; the study used 3e-2).
     return 3e-2
 
 
-METHOD = Method("prompt_tuning", PromptTuningConfig, apply, default_learning_rate, saves_adapter=True)
+METHOD = Method(PromptTuningConfig, "prompt tuning", apply, default_learning_rate, "3e-2", saves_adapter=True,
+                countable=countable)

@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from medsum import rundir
+from medsum.config import names_of
+from medsum.evaluate import ROUGE_KEYS
+from medsum.methods import METHODS
 from medsum.report.runs import RunRecord, load_runs
 from medsum.report.stats import PairedResult, holm, mean_sd, paired_comparison
-
-ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
-SETTING_NAMES = {"method.r": "r", "method.num_virtual_tokens": "tokens", "train.learning_rate": "lr",
-                 "method.alpha": "alpha", "method.dropout": "dropout"}
 
 __all__ = ["write_report", "summary_text", "build_report", "Report", "Group", "Comparison", "load_runs"]
 
@@ -105,8 +104,6 @@ def group_runs(done: list[RunRecord]) -> list[Group]:
 
 
 def _method_order(method: str) -> tuple[int, str]:
-    from medsum.methods import METHODS
-
     names = list(METHODS)
     return (names.index(method) if method in names else len(names), method)
 
@@ -122,7 +119,7 @@ def _setting_labels(by_variant: dict[str, list[RunRecord]]) -> dict[str, str]:
         for key in set().union(*members):
             if len({json.dumps(m.get(key), sort_keys=True) for m in members}) > 1:
                 varying.add(key)
-    return {variant: ", ".join(f"{SETTING_NAMES.get(k, k.split('.')[-1])}={_show(config[k])}"
+    return {variant: ", ".join(f"{names_of(k, config.get('method.name')).short}={_show(config[k])}"
                                for k in sorted(varying) if k in config)
             for variant, config in configs.items()}
 

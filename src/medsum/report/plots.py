@@ -8,15 +8,13 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medsum.config import names_of
+from medsum.evaluate import ROUGE_KEYS, ROUGE_NAMES
 from medsum.rundir import atomic_write_bytes
 
 if TYPE_CHECKING:
     from medsum.report import Group, Report
 
-ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
-ROUGE_NAMES = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum"}
-AXIS_NAMES = {"method.r": "LoRA rank r", "method.num_virtual_tokens": "prompt length (virtual tokens)",
-              "train.learning_rate": "peak learning rate"}
 ROUGE_AXIS = "ROUGE-1 F1 (× 100)"
 MARKERS = "osD^vP*X"
 
@@ -98,7 +96,7 @@ def sweep_plot(name: str, key: str, groups: list[Group]):
         stats = [g.stat("test", "rouge1") for g in members]
         axes.errorbar(xs, [m for m, _ in stats], yerr=[0.0 if sd != sd else sd for _, sd in stats], marker="o",
                       capsize=3, label=f"{method} on {model}")
-    label = AXIS_NAMES.get(key, key)
+    label = names_of(key, groups[0].method).axis
     if numeric:
         log = _spans_powers(groups)
         if log:

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from medsum import rundir
-from medsum.config import flatten
 from medsum.errors import MedsumError
+from medsum.settings import flatten
 
 NOT_VARIANT_KEYS = ("name", "output_dir", "seed")  # what differs between the seeds of one variant
 

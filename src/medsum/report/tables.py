@@ -13,19 +13,17 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medsum.config import flatten
+from medsum.config import names_of
+from medsum.evaluate import ROUGE_KEYS, ROUGE_NAMES
 from medsum.report.stats import t_interval
 from medsum.rundir import atomic_write_text
+from medsum.settings import flatten
 
 if TYPE_CHECKING:
     from medsum.report import Comparison, Group, Report
 
-ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
-ROUGE_NAMES = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum"}
 METRIC_SECTIONS = ("test", "validation", "params", "efficiency", "hardware")
 ALPHA = 0.05
-KEY_NAMES = {"method.r": "LoRA rank r", "method.num_virtual_tokens": "prompt tokens",
-             "train.learning_rate": "learning rate"}
 
 
 def write_tables(report: Report, folder: Path) -> None:
@@ -202,7 +200,7 @@ def _rate(values: list[float]) -> str:
 
 
 def _sweep_section(name: str, key: str, groups: list[Group]) -> str:
-    title = KEY_NAMES.get(key, key)
+    title = names_of(key, groups[0].method if groups else None).title
     rows = [[_plain(g.sweep_value), g.model, g.method, str(len(g.runs))]
             + [mean_pm_sd(g.values("test", k)) for k in ROUGE_KEYS]
             + [interval(g.values("test", "rouge1")), count(g.first("params", "trainable"))] for g in groups]

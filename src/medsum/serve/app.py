@@ -3,7 +3,7 @@
     GET  /health      {"status": "ok", "run", "method", "model", "batches", "requests"}
     POST /summarize   {"text": str} -> {"summary": str};  {"texts": [str, ...]} -> {"summaries": [str, ...]}
                       optional generation settings: num_beams, max_new_tokens, min_new_tokens, length_penalty,
-                      no_repeat_ngram_size (bounds in medsum.serve.summarizer.GENERATION_BOUNDS)
+                      no_repeat_ngram_size (declared with their bounds in medsum.config.GenerateConfig)
     GET  /docs        the OpenAPI page
 
 Bad input is a 4xx with a JSON {"detail": ...}, never a 500: bodies over the limit are refused (413) before they
@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from medsum.errors import MedsumError
 from medsum.serve.summarizer import GENERATION_BOUNDS, Summarizer, checked_texts
@@ -31,11 +31,7 @@ MAX_TEXTS_PER_GENERATE = 64
 log = logging.getLogger("medsum.serve")
 
 
-def _setting_field(key: str) -> Any:
-    return Field(None, description=f"{GENERATION_BOUNDS[key].describe()}; default: the run's generate.{key}")
-
-
-class SummarizeRequest(BaseModel):
+class _Texts(BaseModel):
     """Exactly one of ``text`` and ``texts``, plus optional generation settings."""
 
     # strict: "4" is not a number of beams; forbid: a misspelt setting is an error, not silently ignored
@@ -43,14 +39,15 @@ class SummarizeRequest(BaseModel):
 
     text: str | None = Field(None, description="One text to summarise.")
     texts: list[str] | None = Field(None, description="Several texts, summarised together.")
-    num_beams: int | None = _setting_field("num_beams")
-    max_new_tokens: int | None = _setting_field("max_new_tokens")
-    min_new_tokens: int | None = _setting_field("min_new_tokens")
-    length_penalty: float | None = _setting_field("length_penalty")
-    no_repeat_ngram_size: int | None = _setting_field("no_repeat_ngram_size")
 
     def overrides(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in GENERATION_BOUNDS if getattr(self, key) is not None}
+
+
+# the generation settings as optional fields, each typed and described as config.GenerateConfig declares it
+SummarizeRequest = create_model("SummarizeRequest", __base__=_Texts, __doc__=_Texts.__doc__, **{
+    key: (bound.kind | None, Field(None, description=f"{bound.describe()}; default: the run's generate.{key}"))
+    for key, bound in GENERATION_BOUNDS.items()})
 
 
 class SummaryResponse(BaseModel):

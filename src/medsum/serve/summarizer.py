@@ -7,42 +7,43 @@ that silently failed to load returns the base model's output (PITFALLS.md, peft 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
+import typing
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medsum import rundir
-from medsum.config import RunConfig, load_run_config
+from medsum.config import GENERATION_SETTINGS, GenerateConfig, RunConfig, load_run_config
 from medsum.errors import MedsumError
 from medsum.evaluate import generate_texts, generation_kwargs
+from medsum.methods import METHODS, Method
+from medsum.settings import Bound, serve_bound
 
 ADAPTER_FILE = "adapter_model.safetensors"
 
 
 @dataclass(frozen=True)
-class Bound:
-    """The values a caller may choose for one generation setting: a server must not accept num_beams=10_000."""
+class RequestBound:
+    """The values a caller may choose for one generation setting (declared in ``config.GenerateConfig``)."""
 
     kind: type
-    low: float
-    high: float
-    low_open: bool = False
+    bound: Bound
 
     def describe(self) -> str:
-        what = "an integer" if self.kind is int else "a number"
-        return f"{what} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+        return f"{'an integer' if self.kind is int else 'a number'} {self.bound.describe()}"
 
 
-GENERATION_BOUNDS: dict[str, Bound] = {
-    "num_beams": Bound(int, 1, 8),
-    "max_new_tokens": Bound(int, 1, 1024),
-    "min_new_tokens": Bound(int, 0, 1024),
-    "length_penalty": Bound(float, 0, 5, low_open=True),
-    "no_repeat_ngram_size": Bound(int, 0, 10),
-}
+def _request_bounds() -> dict[str, RequestBound]:
+    hints = typing.get_type_hints(GenerateConfig)
+    return {f.name: RequestBound(hints[f.name], serve_bound(f)) for f in dataclasses.fields(GenerateConfig)
+            if f.name in GENERATION_SETTINGS}
+
+
+GENERATION_BOUNDS = _request_bounds()
 
 
 def _checked_setting(key: str, value: Any) -> int | float:
@@ -50,10 +51,7 @@ def _checked_setting(key: str, value: Any) -> int | float:
         raise MedsumError(f"unknown generation setting {key!r} (known: {', '.join(GENERATION_BOUNDS)})")
     bound = GENERATION_BOUNDS[key]
     numeric = isinstance(value, int) if bound.kind is int else isinstance(value, (int, float))
-    if isinstance(value, bool) or not numeric or not math.isfinite(value):
-        raise MedsumError(f"{key} must be {bound.describe()}, got {value!r}")
-    above_low = value > bound.low if bound.low_open else value >= bound.low
-    if not above_low or value > bound.high:
+    if isinstance(value, bool) or not numeric or not math.isfinite(value) or not bound.bound.holds(value):
         raise MedsumError(f"{key} must be {bound.describe()}, got {value!r}")
     return value
 
@@ -109,17 +107,17 @@ def base_model_source(run_dir: Path, cfg: RunConfig) -> str:
 
 def load_model(run_dir: Path, cfg: RunConfig, fp32: bool = False):
     """The trained model of a run: base + checked PEFT adapter, or the fully fine-tuned model."""
-    from medsum.methods import METHODS
     from medsum.models import load_pretrained
 
-    if not METHODS[cfg.method.name].saves_adapter:
+    method = METHODS[cfg.method.name]
+    if not method.saves_adapter:
         model = load_pretrained(str(run_dir / rundir.MODEL))
         return model.float() if fp32 else model
     base = load_pretrained(base_model_source(run_dir, cfg))
-    return load_adapter(base.float() if fp32 else base, run_dir / rundir.ADAPTER)
+    return load_adapter(base.float() if fp32 else base, run_dir / rundir.ADAPTER, method)
 
 
-def load_adapter(base, adapter_dir: Path):
+def load_adapter(base, adapter_dir: Path, method: Method):
     from peft import PeftModel
 
     if not (adapter_dir / "adapter_config.json").is_file():
@@ -128,13 +126,13 @@ def load_adapter(base, adapter_dir: Path):
         model = PeftModel.from_pretrained(base, str(adapter_dir))
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise MedsumError(f"{adapter_dir}: cannot load the adapter ({str(err).splitlines()[0][:200]})") from None
-    check_adapter_loaded(model, adapter_dir)
+    check_adapter_loaded(model, adapter_dir, method)
     return model
 
 
-def check_adapter_loaded(model, adapter_dir: Path) -> None:
+def check_adapter_loaded(model, adapter_dir: Path, method: Method) -> None:
     """Raises unless every tensor of the adapter file is in the model, equal, and the model expects no other;
-    warns when the adapter, though loaded, cannot change the output."""
+    warns when the method finds that the adapter, though loaded, cannot change the output."""
     import torch
     from peft import get_peft_model_state_dict
     from safetensors.torch import load_file
@@ -151,11 +149,9 @@ def check_adapter_loaded(model, adapter_dir: Path) -> None:
     for key, tensor in saved.items():
         if key not in loaded or not torch.equal(tensor.to(loaded[key].dtype), loaded[key].detach().cpu()):
             raise MedsumError(f"{path}: tensor {key} did not load into the model")
-    lora_b = [tensor for key, tensor in saved.items() if "lora_B" in key]
-    if lora_b and not any(tensor.any() for tensor in lora_b):
-        # loaded correctly, yet a no-op: e.g. model selection kept a checkpoint from before the first real update
-        warnings.warn(f"{path}: every lora_B weight is zero, so this adapter gives the base model's output",
-                      stacklevel=2)
+    problem = method.check_saved(saved)
+    if problem:
+        warnings.warn(f"{path}: {problem}", stacklevel=2)
 
 
 # ---------------------------------------------------------------------------------------------- summariser

@@ -20,24 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medsum.config import (
-    MethodConfig,
-    RunConfig,
-    all_keys,
-    config_from_dict,
-    flatten,
-    read_yaml,
-    set_dotted,
-    unknown_key_message,
-)
+from medsum.config import RunConfig, all_keys, config_from_dict, names_of, set_dotted, unknown_key_message
 from medsum.errors import MedsumError
+from medsum.methods import DEFAULT_METHOD, METHODS
+from medsum.settings import flatten, read_yaml
 
 SPEC_KEYS = ("name", "description", "base", "grid", "seeds", "methods", "sweeps", "ray")
 STUDY_OWNED_KEYS = ("name", "output_dir", "seed")  # the study names runs, places them and takes seeds from `seeds`
 RAY_KEYS = ("num_cpus", "num_gpus")
-NAME_ABBREVIATIONS = {"method.r": "r", "method.num_virtual_tokens": "pt", "train.learning_rate": "lr",
-                      "method.alpha": "alpha", "method.dropout": "drop", "train.max_steps": "steps",
-                      "train.batch_size": "bs", "data.max_source_tokens": "src"}
 
 
 @dataclass
@@ -142,8 +132,6 @@ def _ray(value: Any, errors: list[str]) -> dict[str, float]:
 
 def _key_errors(spec: StudySpec) -> list[str]:
     """Unknown dotted keys, named with where they appear, before any run is built (and before anything runs)."""
-    from medsum.methods import METHODS
-
     errors = []
     base_keys = [key for key, value in flatten(spec.base).items() if value != {}]
     places = [("base", dict.fromkeys(base_keys)), ("grid", spec.grid),
@@ -232,7 +220,7 @@ def _run_tree(spec: StudySpec, point: dict, seed: int, overrides: list[tuple[str
     probe = copy.deepcopy(spec.base)
     for key, value in [*point.items(), *overrides]:
         set_dotted(probe, key, copy.deepcopy(value))
-    method = (probe.get("method") or {}).get("name", MethodConfig.name)
+    method = (probe.get("method") or {}).get("name", DEFAULT_METHOD)
     tree = copy.deepcopy(spec.base)
     for key, value in [*spec.methods.get(method, {}).items(), *point.items(), *overrides]:
         set_dotted(tree, key, copy.deepcopy(value))
@@ -243,8 +231,6 @@ def _run_tree(spec: StudySpec, point: dict, seed: int, overrides: list[tuple[str
 
 def _drop_foreign_method_keys(tree: dict, method: str) -> set[str]:
     """Removes ``method.*`` keys that another method owns (``method.r`` on a full fine-tuning run)."""
-    from medsum.methods import METHODS
-
     if method not in METHODS or not isinstance(tree.get("method"), dict):
         return set()
     own = {f.name for f in dataclasses.fields(METHODS[method].config_class)}
@@ -272,8 +258,6 @@ def _plain(value: Any) -> Any:
 
 def dedup_key(cfg: RunConfig) -> str:
     """Runs with the same resolved config are one run (a sweep point equal to a grid point trains once)."""
-    from medsum.methods import METHODS
-
     tree = dataclasses.asdict(cfg)
     tree["name"] = tree["output_dir"] = None
     if tree["train"]["learning_rate"] is None:
@@ -306,7 +290,7 @@ def run_name(cfg: RunConfig, naming_keys: list[str]) -> str:
     for key in naming_keys:
         if key in ("model.name", "method.name") or key not in flat:
             continue
-        parts.append(NAME_ABBREVIATIONS.get(key, _safe(key.split(".")[-1])) + _value_token(flat[key]))
+        parts.append(_safe(names_of(key, cfg.method.name).run) + _value_token(flat[key]))
     return "__".join(parts + [f"s{cfg.seed}"])
 
 

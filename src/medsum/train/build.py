@@ -86,16 +86,14 @@ def check_inputs(cfg: RunConfig, show_progress: bool = False) -> None:
 def resolve_config(cfg: RunConfig, family, precision: str) -> RunConfig:
     """The config with every 'null: take the default' resolved, as saved in config.yaml."""
     learning_rate = cfg.train.learning_rate or METHODS[cfg.method.name].default_learning_rate(cfg.model.name)
-    resolved = dataclasses.replace(
+    return dataclasses.replace(
         cfg,
         name=cfg.run_name,
         output_dir=str(cfg.run_dir),
         data=dataclasses.replace(cfg.data, prefix=family.prefix if cfg.data.prefix is None else cfg.data.prefix),
         train=dataclasses.replace(cfg.train, precision=precision, learning_rate=learning_rate),
+        method=METHODS[cfg.method.name].resolve(cfg.method, family),
     )
-    if getattr(cfg.method, "target_modules", "absent") is None:
-        resolved.method = dataclasses.replace(cfg.method, target_modules=list(family.lora_targets))
-    return resolved
 
 
 def make_accelerator(precision: str):
@@ -132,7 +130,7 @@ def setup_model(cfg: RunConfig, model, source: str, family) -> tuple[Any, dict[s
         model.config.use_cache = False
     set_seed(cfg.seed)  # new weights (LoRA, random prompts) are initialised from the run seed
     method = METHODS[cfg.method.name]
-    model = method.apply(model, cfg.method, ModelContext(cfg.model.name, source, family.lora_targets))
+    model = method.apply(model, cfg.method, ModelContext(cfg.model.name, source, family))
     # new weights start equal on every process; dropout must not: one seed per process from here on
     set_seed(cfg.seed, device_specific=True)
     if cfg.train.gradient_checkpointing and method.saves_adapter:
