@@ -321,7 +321,7 @@ def test_a_registered_method_names_study_runs_and_report_labels(toy, tmp_path):
 
 
 def test_each_method_resolves_its_own_defaults_against_the_family(toy):
-    from medsum.train import resolve_config
+    from medsum.train.build import resolve_config
 
     for name, expected in (("lora", ["q_proj", "v_proj"]), ("toy", ["fc1", "fc2"])):
         cfg = load_run_config(None, [f"method.name={name}"])
