@@ -1,0 +1,151 @@
+"""Per-example measures of a summary against its source, beyond ROUGE: length, compression, abstraction (novel
+n-grams, extractive fragments), repetition, unsupported numbers and readability.
+
+Tokenization, one for every word-based measure: lower-cased words of ``[a-z0-9]+`` (``words``), as rouge-score
+tokenizes before stemming, so that "how much of the summary is copied" counts the same words ROUGE matches;
+punctuation and case never make a word novel ("Cancer," copies "cancer"). No stemming: an inflected form the source
+does not hold is a new word. Hyphens and decimal points split ("covid-19" -> covid, 19; "0.05" -> 0, 05).
+- length: ``words`` count; sentences by ``medsum.evaluate.split_sentences`` (the rougeLsum splitter).
+- novel n-gram rate (n = 1..4): the share of the summary's n-gram occurrences whose n-gram is not in the source.
+- fragment coverage and density (Grusky et al. 2018, Newsroom): the greedy longest shared fragments F of summary S
+  and source A; coverage = sum |f| / |S|, density = sum |f|^2 / |S| (the mean length of the copied run a word is in).
+- repeated-trigram rate: the share of the summary's trigram occurrences that repeat an earlier trigram of it.
+- readability: Flesch-Kincaid grade = 0.39 words/sentences + 11.8 syllables/words - 15.59; Coleman-Liau =
+  0.0588 L - 0.296 S - 15.8, L letters (the characters of ``words``) and S sentences per 100 words. Syllables by a
+  heuristic (``syllables``): runs of vowels (a, e, i, o, u, y), less a final silent "e", at least 1 per word. By
+  hand, because the readability libraries (textstat) fetch a dictionary at run time in some releases.
+Numbers are found in the raw text instead: a number is digits with an optional decimal part (``\\d+(?:\\.\\d+)?``)
+not preceded by a letter, digit or point, so "p<0.05" holds 0.05, "3.5mg" 3.5, "IL-2" 2 and "covid19" none; "1,000"
+is two numbers (1 and 000) in source and summary alike. A summary number is unsupported when the same string appears
+nowhere among the source's numbers ("1.50" and "1.5" differ: string identity, no arithmetic).
+
+An empty summary (or one without words) gets 0 for counts (words, sentences, numbers, unsupported numbers) and
+None for every ratio whose denominator is 0 (compression, rates, coverage, density, readability). ``means`` skips
+None, so a mean is over the examples where the measure is defined, and None when it is defined for none.
+"""
+
+from __future__ import annotations
+
+import re
+
+from medsum.evaluate import split_sentences
+
+_WORD = re.compile(r"[a-z0-9]+")
+_NUMBER = re.compile(r"(?<![A-Za-z0-9.])\d+(?:\.\d+)?")
+_VOWEL_RUNS = re.compile(r"[aeiouy]+")
+NGRAM_ORDERS = (1, 2, 3, 4)
+MEASURES = ("words", "sentences", "compression", *(f"novel_{n}gram_rate" for n in NGRAM_ORDERS), "coverage",
+            "density", "repeated_trigram_rate", "numbers", "unsupported_numbers", "unsupported_number_rate",
+            "flesch_kincaid_grade", "coleman_liau")
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased ``[a-z0-9]+`` words, as rouge-score's tokenizer before stemming."""
+    return _WORD.findall(text.lower())
+
+
+def numbers(text: str) -> list[str]:
+    """The number tokens of a text, as written (the module docstring defines a number)."""
+    return _NUMBER.findall(text)
+
+
+def ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+def novel_ngram_rate(summary: list[str], source: list[str], n: int) -> float | None:
+    """The share of the summary's n-gram occurrences absent from the source; None without any n-gram."""
+    grams = ngrams(summary, n)
+    known = set(ngrams(source, n))
+    return _ratio(sum(1 for g in grams if g not in known), len(grams))
+
+
+def fragments(summary: list[str], source: list[str]) -> list[list[str]]:
+    """Grusky et al.'s greedy extractive fragments: from each summary position, the longest run shared with the
+    source (scanning source positions left to right, resuming after each match as their reference code does)."""
+    positions: dict[str, list[int]] = {}
+    for j, word in enumerate(source):
+        positions.setdefault(word, []).append(j)
+    found, i = [], 0
+    while i < len(summary):
+        best, resume = 0, 0
+        for j in positions.get(summary[i], ()):
+            if j < resume:
+                continue
+            length = _shared_run(summary, source, i, j)
+            best, resume = max(best, length), j + length
+        if best:
+            found.append(summary[i:i + best])
+        i += max(best, 1)
+    return found
+
+
+def _shared_run(summary: list[str], source: list[str], i: int, j: int) -> int:
+    length = 0
+    while i + length < len(summary) and j + length < len(source) and summary[i + length] == source[j + length]:
+        length += 1
+    return length
+
+
+def coverage_and_density(summary: list[str], source: list[str]) -> tuple[float | None, float | None]:
+    parts = fragments(summary, source)
+    return (_ratio(sum(len(f) for f in parts), len(summary)),
+            _ratio(sum(len(f) ** 2 for f in parts), len(summary)))
+
+
+def repeated_trigram_rate(summary: list[str]) -> float | None:
+    """The share of trigram occurrences that repeat an earlier one of the same summary; None without trigrams."""
+    grams = ngrams(summary, 3)
+    return _ratio(len(grams) - len(set(grams)), len(grams))
+
+
+def syllables(word: str) -> int:
+    """Runs of vowels (y counts), less one for a final silent "e" ("make", not "table" or "be"), at least 1."""
+    count = len(_VOWEL_RUNS.findall(word))
+    if word.endswith("e") and not word.endswith("le") and count > 1:
+        count -= 1
+    return max(count, 1)
+
+
+def readability(tokens: list[str], sentences: int) -> dict[str, float | None]:
+    """Flesch-Kincaid grade and Coleman-Liau index (formulas in the module docstring); None without words."""
+    if not tokens or not sentences:
+        return {"flesch_kincaid_grade": None, "coleman_liau": None}
+    n = len(tokens)
+    fkgl = 0.39 * n / sentences + 11.8 * sum(syllables(w) for w in tokens) / n - 15.59
+    letters, per_100 = sum(len(w) for w in tokens), 100 / n
+    cli = 0.0588 * letters * per_100 - 0.296 * sentences * per_100 - 15.8
+    return {"flesch_kincaid_grade": fkgl, "coleman_liau": cli}
+
+
+def unsupported_numbers(summary: str, source: str) -> tuple[int, int]:
+    """(number tokens in the summary, how many of them appear nowhere among the source's numbers)."""
+    found = numbers(summary)
+    known = set(numbers(source))
+    return len(found), sum(1 for x in found if x not in known)
+
+
+def measure(summary: str, source: str) -> dict[str, float | int | None]:
+    """Every measure of one summary against its source, keyed as ``MEASURES``."""
+    tokens, source_tokens = words(summary), words(source)
+    sentences = len(split_sentences(summary)) if tokens else 0
+    coverage, density = coverage_and_density(tokens, source_tokens)
+    count, unsupported = unsupported_numbers(summary, source)
+    return {"words": len(tokens), "sentences": sentences, "compression": _ratio(len(source_tokens), len(tokens)),
+            **{f"novel_{n}gram_rate": novel_ngram_rate(tokens, source_tokens, n) for n in NGRAM_ORDERS},
+            "coverage": coverage, "density": density, "repeated_trigram_rate": repeated_trigram_rate(tokens),
+            "numbers": count, "unsupported_numbers": unsupported,
+            "unsupported_number_rate": _ratio(unsupported, count), **readability(tokens, sentences)}
+
+
+def means(rows: list[dict]) -> dict[str, float | None]:
+    """Each measure's mean over the rows where it is defined (not None); None where it is defined for none."""
+    out: dict[str, float | None] = {}
+    for name in MEASURES:
+        values = [row[name] for row in rows if row.get(name) is not None]
+        out[name] = sum(values) / len(values) if values else None
+    return out
