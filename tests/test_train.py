@@ -13,7 +13,7 @@ import yaml
 from rouge_score import rouge_scorer
 
 from conftest import METHOD_SEEDS, read_jsonl, tiny_overrides, tiny_run_config
-from medsum import evaluation, train
+from medsum import evaluation, measures, train
 from medsum.accounting import count_for_config
 from medsum.cli import main
 from medsum.config import load_run_config, save_run_config
@@ -145,6 +145,18 @@ def test_test_rouge_is_the_mean_of_predictions_and_matches_rouge_score(tiny_runs
             assert p[key] == pytest.approx(100 * want[key].fmeasure, abs=1e-9)
         assert p["rougeLsum"] == pytest.approx(score_example((full_abstracts[p["id"]], p["prediction"]))["rougeLsum"])
     assert test["empty_predictions"] == sum(1 for p in predictions if not p["prediction"].strip())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_predictions_carry_the_measures_against_their_article_and_metrics_their_means(tiny_runs, method, test_rows):
+    test = metrics_of(tiny_runs[method])["test"]
+    predictions = read_jsonl(tiny_runs[method] / "predictions.jsonl")
+    articles = {r["id"]: r["article"] for r in test_rows}
+    for p in predictions:
+        assert p["measures"] == pytest.approx(measures.measure(p["prediction"], articles[p["id"]]))
+    assert set(test["measures"]) == set(measures.MEASURES)
+    words = [p["measures"]["words"] for p in predictions]
+    assert test["measures"]["words"] == pytest.approx(sum(words) / len(words))
 
 
 @pytest.mark.parametrize("method", METHODS)

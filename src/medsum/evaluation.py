@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from medsum import measures
 from medsum.evaluate import aggregate, generate_texts, generation_kwargs, rouge_per_example
 from medsum.partial_predictions import PartialPredictions, pass_key
 
@@ -78,6 +79,7 @@ def validate(setup_: Setup, model) -> dict[str, float]:
 def test(setup_: Setup, show_progress: bool = True, run_dir: Path | None = None) -> tuple[dict, list[dict], float, int]:
     """Full generate.* settings on the whole (capped) test split; ROUGE against the full reference texts. With
     ``run_dir``, finished batches go to its partial-predictions file and an interrupted pass's are reused.
+    Each row and the summary also carry ``medsum.measures`` (abstraction, numbers, readability) under "measures".
     Returns (summary, one row per example, generation seconds, generated tokens)."""
     from tqdm.auto import tqdm
 
@@ -102,7 +104,9 @@ def test(setup_: Setup, show_progress: bool = True, run_dir: Path | None = None)
     per_example = rouge_per_example(references, texts)
     rows = [{"id": e.id, "prediction": p, "reference": e.target, **scores}
             for e, p, scores in zip(examples, texts, per_example)]
-    return _test_summary(per_example, texts, generated, reused), rows, seconds, generated
+    rows = measures.add_measures(rows, [e.source for e in examples])
+    summary = {**_test_summary(per_example, texts, generated, reused), "measures": measures.row_means(rows)}
+    return summary, rows, seconds, generated
 
 
 def _test_summary(per_example: list[dict], texts: list[str], generated: int, reused: int) -> dict:

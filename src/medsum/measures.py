@@ -149,3 +149,15 @@ def means(rows: list[dict]) -> dict[str, float | None]:
         values = [row[name] for row in rows if row.get(name) is not None]
         out[name] = sum(values) / len(values) if values else None
     return out
+
+
+def add_measures(rows: list[dict], sources: list[str]) -> list[dict]:
+    """Prediction rows (with their "prediction") each given a "measures" key against its source, in order."""
+    if len(rows) != len(sources):
+        raise ValueError(f"{len(rows)} prediction rows but {len(sources)} sources")
+    return [{**row, "measures": measure(row["prediction"], source)} for row, source in zip(rows, sources)]
+
+
+def row_means(rows: list[dict]) -> dict[str, float | None]:
+    """metrics.json's test["measures"]: the means of the rows' "measures"."""
+    return means([row["measures"] for row in rows])

@@ -9,7 +9,8 @@ A run directory (written by ``medsum.train``; read by the study, the report and 
     base_model/          the tiny base model (model.name=tiny only), so the run directory is self-contained
     tokenizer/           the tokenizer
     test_predictions.partial.jsonl   the test pass's finished batches while it runs (reused after a crash)
-    predictions.jsonl    one line per test example with its ROUGE
+    predictions.jsonl    one line per test example: id, prediction, reference, its ROUGE, and "measures"
+                         (``medsum.measures.measure``: length, novel n-grams, coverage, numbers, readability)
     metrics.json         written last (``Metrics``): its presence marks the run finished
 What a study adds:
     study.json           its place in the study: {"study", "grid": bool, "sweeps": {name: {key, value}}}
@@ -64,7 +65,9 @@ class Metrics:
     seed: int
     params: dict[str, Any]  # base, trainable, total, trainable_pct
     validation: dict[str, Any] = field(default_factory=dict)  # the best validation ROUGE, best_step, evaluations
-    test: dict[str, Any] = field(default_factory=dict)  # ROUGE means, gen_len, empty_predictions, examples
+    # ROUGE means, gen_len, empty_predictions, examples, reused_predictions, and "measures": the means of the
+    # predictions' measures (``medsum.measures.means``; absent in runs from before them until `medsum evaluate`)
+    test: dict[str, Any] = field(default_factory=dict)
     # train_seconds, train_tokens_per_second, peak_memory_bytes, eval_seconds, generate_tokens_per_second,
     # adapter_bytes (the trained weights' size), precision
     efficiency: dict[str, Any] = field(default_factory=dict)
