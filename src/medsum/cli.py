@@ -115,6 +115,16 @@ def _add_use(sub) -> None:
     p.add_argument("--max-texts", type=int, default=16)
 
 
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate", help="recompute the per-example measures of finished runs (no retraining)",
+        description="Recomputes each run's measures (length, novel n-grams, coverage, unsupported numbers, "
+                    "readability) from its predictions.jsonl and its test data, and rewrites predictions.jsonl and "
+                    "metrics.json with them; ROUGE and the predictions stay as they are.",
+        epilog="example:\n  medsum evaluate runs/demo/runs/*", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medsum", description="Adapt seq2seq models to medical summarization and compare the methods.")
@@ -125,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_study(sub)
     _add_demo(sub)
     _add_use(sub)
+    _add_evaluate(sub)
     return parser
 
 
@@ -229,8 +240,19 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from medsum.rescore import rescore_run
+
+    for run in args.runs:
+        means = rescore_run(Path(run))
+        shown = {k: means[k] for k in ("words", "novel_2gram_rate", "coverage", "unsupported_numbers")}
+        print(f"{run}: " + "  ".join(f"{k} {'-' if v is None else f'{v:.3f}'}" for k, v in shown.items()))
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "params": cmd_params, "study": cmd_study, "demo": cmd_demo,
-            "summarize": cmd_summarize, "export": cmd_export, "serve": cmd_serve}
+            "summarize": cmd_summarize, "export": cmd_export, "serve": cmd_serve,
+            "evaluate": cmd_evaluate}
 
 
 def _offline_when_hub_unreachable() -> None:

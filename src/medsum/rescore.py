@@ -1,0 +1,43 @@
+"""``medsum evaluate``: a finished run's per-example measures (``medsum.measures``) recomputed from its
+predictions.jsonl and the test split its config.yaml names, without regenerating. A run from before the measures
+gains them; a run that has them gets them again (identical unless the measures' code changed). Nothing else of
+predictions.jsonl or metrics.json changes: ROUGE, losses and the predictions themselves stay as the run wrote them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medsum import measures, rundir
+from medsum.errors import MedsumError
+
+
+def rescore_run(run_dir: str | Path) -> dict:
+    """Rewrites the run's predictions.jsonl (each row's "measures") and metrics.json (test["measures"], their
+    means), each atomically; returns the means."""
+    run_dir = Path(run_dir)
+    metrics = rundir.read_json(run_dir / rundir.METRICS)
+    if not metrics:
+        raise MedsumError(f"{run_dir}: not a finished run (no readable {rundir.METRICS})")
+    rows = rundir.read_jsonl(run_dir / rundir.PREDICTIONS)
+    if not rows:
+        raise MedsumError(f"{run_dir}: {rundir.PREDICTIONS} is missing or empty")
+    rows = measures.add_measures(rows, sources_by_id(run_dir, [str(row["id"]) for row in rows]))
+    metrics["test"] = {**metrics.get("test", {}), "measures": measures.row_means(rows)}
+    rundir.write_predictions(run_dir, rows)
+    rundir.atomic_write_json(run_dir / rundir.METRICS, metrics)
+    return metrics["test"]["measures"]
+
+
+def sources_by_id(run_dir: Path, ids: list[str]) -> list[str]:
+    """The source texts of the given test example ids, from the data settings of the run's config.yaml."""
+    from medsum.config import config_from_dict
+    from medsum.data import load_splits
+
+    cfg = config_from_dict(rundir.read_config(run_dir), str(run_dir / rundir.CONFIG))
+    sources = {str(e.id): e.source for e in load_splits(cfg.data)["test"]}
+    missing = [i for i in ids if i not in sources]
+    if missing:
+        raise MedsumError(f"{run_dir}: test example {missing[0]!r} of {rundir.PREDICTIONS} is not in the test split "
+                          f"of data.path={cfg.data.path} ({len(missing)} of {len(ids)} missing)")
+    return [sources[i] for i in ids]
