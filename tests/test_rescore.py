@@ -37,13 +37,22 @@ def test_evaluate_adds_the_measures_a_run_writes_and_changes_nothing_else(tiny_r
 
 
 @pytest.mark.parametrize("damage, message", [("metrics.json", "not a finished run"),
-                                             ("predictions.jsonl", "missing or empty")])
+                                             ("predictions.jsonl", "missing or empty"),
+                                             ("config.yaml", "no data settings")])
 def test_evaluate_refuses_an_unfinished_run(tiny_runs, tmp_path, capsys, damage, message):
     run = tmp_path / "run"
     shutil.copytree(tiny_runs["lora"], run)
     (run / damage).unlink()
     assert main(["evaluate", str(run)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_evaluate_reads_only_the_data_settings_of_the_config(tiny_runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_runs["lora"], run)
+    (run / "config.yaml").write_text((run / "config.yaml").read_text() + "a_setting_of_the_future: 1\n")
+    assert main(["evaluate", str(run)]) == 0
+    assert read_jsonl(run / "predictions.jsonl") == read_jsonl(tiny_runs["lora"] / "predictions.jsonl")
 
 
 def test_evaluate_names_an_example_missing_from_the_data(tiny_runs, tmp_path, capsys):

@@ -34,7 +34,11 @@ def sources_by_id(run_dir: Path, ids: list[str]) -> list[str]:
     from medsum.config import config_from_dict
     from medsum.data import load_splits
 
-    cfg = config_from_dict(rundir.read_config(run_dir), str(run_dir / rundir.CONFIG))
+    data = rundir.read_config(run_dir).get("data")
+    if not data:
+        raise MedsumError(f"{run_dir}: no data settings in {rundir.CONFIG}, so no test split to measure against")
+    # only the data section: settings added or renamed elsewhere since the run must not stop its re-scoring
+    cfg = config_from_dict({"data": data}, str(run_dir / rundir.CONFIG))
     sources = {str(e.id): e.source for e in load_splits(cfg.data)["test"]}
     missing = [i for i in ids if i not in sources]
     if missing:
