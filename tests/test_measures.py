@@ -93,3 +93,34 @@ def test_means_skip_undefined_values():
     assert means["coverage"] == 1  # the empty summary's None is left out
     assert means["unsupported_number_rate"] is None  # no summary holds a number
     assert measures.means([]) == {name: None for name in measures.MEASURES}
+
+
+def _newsroom_fragments(summary, source):
+    """Grusky et al. (2018), Algorithm 1, transcribed: every source position scanned, no index."""
+    found, i, j = [], 0, 0
+    while i < len(summary):
+        best = []
+        while j < len(source):
+            if summary[i] == source[j]:
+                i2, j2 = i, j
+                while i2 < len(summary) and j2 < len(source) and summary[i2] == source[j2]:
+                    i2, j2 = i2 + 1, j2 + 1
+                if len(best) < i2 - i:
+                    best = summary[i:i2]
+                j = j2
+            else:
+                j += 1
+        i, j = i + max(len(best), 1), 0
+        if best:
+            found.append(best)
+    return found
+
+
+def test_fragments_match_the_newsroom_reference_loop_on_random_texts():
+    import random
+
+    rng = random.Random(0)
+    for _ in range(300):
+        source = [rng.choice("abcd") for _ in range(rng.randint(0, 30))]
+        summary = [rng.choice("abcde") for _ in range(rng.randint(0, 15))]
+        assert measures.fragments(summary, source) == _newsroom_fragments(summary, source)
