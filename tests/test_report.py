@@ -201,6 +201,7 @@ def test_an_indistinguishable_pair_is_called_not_significant(tmp_path):
         make_run(tmp_path, f"tiny__full__s{seed}", "full", seed, 0.0)
     summary = (write_report(tmp_path) / "summary.md").read_text()
     assert "**not significant**" in summary
+    assert "40,960" not in summary  # prompt tuning's own note appears only where the study ran it
 
 
 def test_sweep_table_and_plots(synthetic):
@@ -219,8 +220,10 @@ def test_sweep_table_and_plots(synthetic):
 
 def test_notes_state_rouge_settings_and_the_prompt_tuning_count(synthetic):
     root, _ = synthetic
+    make_run(root, "tiny__prompt_tuning__s3", "prompt_tuning", 3, 0.0)
     summary = (write_report(root) / "summary.md").read_text()
     assert "Porter stemming on" in summary and "ROUGE-Lsum is summary-level" in summary
+    assert "- **Prompt tuning**: medsum trains and counts only the encoder's soft prompt" in summary
     assert "40,960" in summary and "sources truncated at 512 tokens" in summary
     assert "randomly initialised" in summary  # the tiny model's numbers are labelled as such
     tex = (root / "report" / "summary.tex").read_text()

@@ -49,6 +49,8 @@ class Method:
     countable: Callable[[Any], Any] = _unchanged
     # check_saved(adapter tensors by name) -> why the loaded adapter cannot change the output, or None
     check_saved: Callable[[dict[str, Any]], str | None] = _no_warning
+    # a note for study reports on how medsum treats the method (shown when the study ran it), or ""
+    report_note: str = ""
 
     @property
     def name(self) -> str:

@@ -56,5 +56,10 @@ def default_learning_rate(model_name: str) -> float:
     return 3e-2
 
 
+REPORT_NOTE = (
+    "medsum trains and counts only the encoder's soft prompt, n_tokens × d_model (20 × 1,024 = 20,480 on "
+    "Flan-T5-Large). The original study's code reported twice that (40,960) because PEFT also allocates decoder "
+    "prompts that seq2seq prompt tuning never uses (PEFT PR #150)."
+)
 METHOD = Method(PromptTuningConfig, "prompt tuning", apply, default_learning_rate, "3e-2", saves_adapter=True,
-                countable=countable)
+                countable=countable, report_note=REPORT_NOTE)

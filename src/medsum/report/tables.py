@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from medsum.config import names_of
 from medsum.evaluate import ROUGE_KEYS, ROUGE_NAMES
+from medsum.methods import METHODS
 from medsum.report.stats import t_interval
 from medsum.rundir import atomic_write_text
 from medsum.settings import flatten
@@ -272,9 +273,7 @@ def _notes_section(report: Report) -> str:
         f"into one sentence per line ({rouge.get('rougeLsum_sentence_splitter', 'sentence splitter')}). On long "
         "summaries Lsum is markedly higher than L; published PubMed numbers mix the two, so compare like with like.",
         _input_note(report),
-        "- **Prompt-tuning parameters**: medsum trains and counts only the encoder's soft prompt, n_tokens × d_model "
-        "(20 × 1,024 = 20,480 on Flan-T5-Large). The original study's code reported twice that (40,960) because "
-        "PEFT also allocates decoder prompts that seq2seq prompt tuning never uses (PEFT PR #150).",
+        *_method_notes(report),
         "- **Statistics**: sd is the sample standard deviation (n − 1); intervals over seeds use the t distribution, "
         "which is wide with few seeds (with 2 seeds the 95% t factor is 12.71).",
     ]
@@ -282,6 +281,13 @@ def _notes_section(report: Report) -> str:
         notes.append("- **Peak memory on CPU** is the process's peak resident memory; runs that shared one process "
                      "(the local executor) report at least the peak of the runs before them.")
     return "## Notes\n\n" + "\n".join(n for n in notes if n)
+
+
+def _method_notes(report: Report) -> list[str]:
+    """Each method's own note (``Method.report_note``), for the methods the study ran."""
+    ran = sorted({r.config.get("method.name") for r in report.records} & set(METHODS))
+    return [f"- **{METHODS[name].label.capitalize()}**: {METHODS[name].report_note}" for name in ran
+            if METHODS[name].report_note]
 
 
 def _input_note(report: Report) -> str:
