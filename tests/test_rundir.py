@@ -142,3 +142,17 @@ def test_clear_outputs_keeps_the_study_membership(tmp_path):
     rundir.atomic_write_json(tmp_path / rundir.MEMBERSHIP, {"study": "s"})
     rundir.clear_outputs(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == [rundir.MEMBERSHIP]
+
+
+def test_a_damaged_jsonl_line_is_one_error_naming_file_and_line(tmp_path):
+    from medsum.errors import MedsumError
+
+    path = tmp_path / "predictions.jsonl"
+    path.write_text('{"id": "a"}\n\n{"id": "b"}\n{"id": "c", "predi\n')
+    with pytest.raises(MedsumError, match=r"predictions\.jsonl line 4: not valid JSON"):
+        rundir.read_jsonl(path)
+    path.write_text('{"id": "a"}\n[1, 2]\n')
+    with pytest.raises(MedsumError, match=r"line 2: expected a JSON object"):
+        rundir.read_jsonl(path)
+    path.write_text('{"id": "a"}\n\n{"id": "b"}\n')
+    assert rundir.read_jsonl(path) == [{"id": "a"}, {"id": "b"}]

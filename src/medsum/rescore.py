@@ -22,6 +22,8 @@ def rescore_run(run_dir: str | Path) -> dict:
     rows = rundir.read_jsonl(run_dir / rundir.PREDICTIONS)
     if not rows:
         raise MedsumError(f"{run_dir}: {rundir.PREDICTIONS} is missing or empty")
+    if any("id" not in row for row in rows):
+        raise MedsumError(f"{run_dir}: a row of {rundir.PREDICTIONS} has no id")
     rows = measures.add_measures(rows, sources_by_id(run_dir, [str(row["id"]) for row in rows]))
     metrics["test"] = {**metrics.get("test", {}), "measures": measures.row_means(rows)}
     rundir.write_predictions(run_dir, rows)

@@ -36,6 +36,8 @@ from typing import Any
 
 import yaml
 
+from medsum.errors import MedsumError
+
 CONFIG = "config.yaml"
 TRAIN_LOG = "train_log.jsonl"
 CHECKPOINTS = "checkpoints"
@@ -133,10 +135,23 @@ def read_json(path: str | Path) -> dict:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
+    """The JSON objects of a JSON-lines file ([] when it is missing); a line that is not one names the file and
+    line (a damaged run directory is one clear error, not a traceback)."""
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as err:
+            raise MedsumError(f"{path} line {number}: not valid JSON ({err})") from None
+        if not isinstance(row, dict):
+            raise MedsumError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    return rows
 
 
 def read_config(run_dir: str | Path) -> dict:
