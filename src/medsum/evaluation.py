@@ -49,10 +49,8 @@ def _recorder(setup_: Setup, shard: list[int], partial: PartialPredictions | Non
     generated_here: list[int] = []
     if partial is None:
         return None, generated_here
-    ids = [e.id for e in setup_.splits["test"]]
-
     def on_batch(indices, texts, counts):
-        partial.append([(shard[k], ids[shard[k]], text, n) for k, text, n in zip(indices, texts, counts)])
+        partial.append([(shard[k], partial.ids[shard[k]], text, n) for k, text, n in zip(indices, texts, counts)])
         generated_here.extend(indices)
 
     return on_batch, generated_here
@@ -90,21 +88,24 @@ def test(setup_: Setup, show_progress: bool = True, run_dir: Path | None = None)
     examples = setup_.splits["test"]
     bar = tqdm(total=len(examples), desc=f"test {cfg.run_name}", unit="ex",
                disable=not (show_progress and setup_.accelerator.is_main_process), dynamic_ncols=True)
+    ids = [e.id for e in examples]
     partial = None
     if run_dir is not None:
-        key = pass_key(setup_.model, settings, g.batch_size, [e.id for e in examples],
-                       setup_.accelerator.num_processes)
-        partial = PartialPredictions(run_dir, key)
+        key = pass_key(setup_.model, settings, g.batch_size, ids, setup_.accelerator.num_processes)
+        partial = PartialPredictions(run_dir, key, ids)
     t0 = time.perf_counter()
     texts, generated, reused = generate_sharded(setup_, setup_.model, setup_.encoded["test"], settings, bar.update,
                                                 partial)
     seconds = time.perf_counter() - t0
     bar.close()
-    references = [e.target for e in examples]
+    references, sources = [], []
+    for example in examples:  # one pass over the split (a large test split is read from disk)
+        references.append(example.target)
+        sources.append(example.source)
     per_example = rouge_per_example(references, texts)
-    rows = [{"id": e.id, "prediction": p, "reference": e.target, **scores}
-            for e, p, scores in zip(examples, texts, per_example)]
-    rows = measures.add_measures(rows, [e.source for e in examples])
+    rows = [{"id": i, "prediction": p, "reference": r, **scores}
+            for i, p, r, scores in zip(ids, texts, references, per_example)]
+    rows = measures.add_measures(rows, sources)
     summary = {**_test_summary(per_example, texts, generated, reused), "measures": measures.row_means(rows)}
     return summary, rows, seconds, generated
 

@@ -44,8 +44,9 @@ def pass_key(model, settings: dict[str, Any], batch_size: int, ids: list[str], w
 class PartialPredictions:
     """The predictions of a test pass so far, keyed by example index."""
 
-    def __init__(self, run_dir: Path, key: str):
-        self.path, self.key = Path(run_dir) / PARTIAL_FILE, key
+    def __init__(self, run_dir: Path, key: str, ids: list[str] | None = None):
+        """``ids``: the test examples' ids by index (each appended line records its example's id)."""
+        self.path, self.key, self.ids = Path(run_dir) / PARTIAL_FILE, key, list(ids or [])
 
     def load(self) -> dict[int, tuple[str, int]]:
         """{example index: (prediction, generated tokens)} of this pass's earlier lines."""
