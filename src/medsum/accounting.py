@@ -18,11 +18,9 @@ def count_for_config(cfg: RunConfig) -> dict[str, Any]:
     """
     name = cfg.model.name
     if name == "tiny":  # the tiny model is defined by its training text: build (or reuse) it from the data
-        from medsum.data import load_splits, training_text_sample
-        from medsum.models import TINY_TOKENIZER_MAX_EXAMPLES
+        from medsum.data import load_splits
 
-        splits = load_splits(cfg.data)
-        name = resolve_model_source(name, training_text_sample(splits["train"], TINY_TOKENIZER_MAX_EXAMPLES))
+        name = resolve_model_source(name, load_splits(cfg.data)["train"])
     model = meta_model(name)
     family = family_of(model.config)
     base = count_parameters(model)["total"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -252,10 +253,13 @@ def tiny_model_dir(train_texts: list[str]) -> Path:
     return target
 
 
-def resolve_model_source(name: str, train_texts: list[str]) -> str:
-    """Where the weights come from: the tiny cache directory, a local directory, or a hub id."""
+def resolve_model_source(name: str, train: Sequence[Any]) -> str:
+    """Where the weights come from: the tiny cache directory, a local directory, or a hub id. ``train``: the
+    training examples; the tiny model's tokenizer trains on the source and target of the first
+    ``TINY_TOKENIZER_MAX_EXAMPLES`` of them (a bounded sample, whatever the size of the split)."""
     if name == "tiny":
-        return str(tiny_model_dir(train_texts))
+        sample = train[:TINY_TOKENIZER_MAX_EXAMPLES]
+        return str(tiny_model_dir([text for example in sample for text in (example.source, example.target)]))
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser())
     if not Path(name).is_dir():

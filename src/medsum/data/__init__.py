@@ -10,8 +10,8 @@ once in bounded batches (cached on disk, shared by every run of a study), batch 
 
 from medsum.data.batching import collate, length_grouped_batches
 from medsum.data.records import Example
-from medsum.data.splits import SPLITS, Split, load_splits, training_text_sample
+from medsum.data.splits import SPLITS, Split, load_splits
 from medsum.data.tokenizing import Encoded, tokenize, tokenizer_fingerprint
 
 __all__ = ["SPLITS", "Encoded", "Example", "Split", "collate", "length_grouped_batches", "load_splits", "tokenize",
-           "tokenizer_fingerprint", "training_text_sample"]
+           "tokenizer_fingerprint"]

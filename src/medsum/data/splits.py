@@ -260,8 +260,3 @@ def load_splits(cfg: DataConfig, cache: Path | None = None, show_progress: bool 
         raise MedsumError(f"data.path: no such file or directory: {cfg.path}")
     return {split: examples.head(caps[split]) for split, examples in splits.items()}
 
-
-def training_text_sample(train: Sequence[Example], examples: int) -> list[str]:
-    """Source and target of the first ``examples`` training examples, interleaved (what the tiny tokenizer
-    trains on): a bounded sample, whatever the size of the split."""
-    return [text for example in train[:examples] for text in (example.source, example.target)]

@@ -9,11 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from medsum.config import RunConfig
-from medsum.data import load_splits, tokenize, training_text_sample
+from medsum.data import load_splits, tokenize
 from medsum.errors import MedsumError
 from medsum.methods import METHODS, ModelContext
 from medsum.models import (
-    TINY_TOKENIZER_MAX_EXAMPLES,
     cache_dir,
     count_parameters,
     family_of,
@@ -60,7 +59,7 @@ def setup(cfg: RunConfig, show_progress: bool = False) -> Setup:
     import torch
 
     splits = load_splits(cfg.data, show_progress=show_progress)
-    source = resolve_model_source(cfg.model.name, training_text_sample(splits["train"], TINY_TOKENIZER_MAX_EXAMPLES))
+    source = resolve_model_source(cfg.model.name, splits["train"])
     tokenizer = load_tokenizer(source)
     model = load_pretrained(source, cfg.model.dropout)
     family = family_of(model.config)
@@ -80,7 +79,7 @@ def check_inputs(cfg: RunConfig, show_progress: bool = False) -> None:
     """The input checks of setup() that need no model weights: data and model name (used before launching
     processes, so that a typo is one line from the launcher, not one per process)."""
     splits = load_splits(cfg.data, show_progress=show_progress)
-    resolve_model_source(cfg.model.name, training_text_sample(splits["train"], TINY_TOKENIZER_MAX_EXAMPLES))
+    resolve_model_source(cfg.model.name, splits["train"])
 
 
 def resolve_config(cfg: RunConfig, family, precision: str) -> RunConfig:
