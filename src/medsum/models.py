@@ -28,6 +28,8 @@ class ModuleRoles:
     value: tuple[str, ...]
     output: tuple[str, ...]
     feed_forward: tuple[str, ...]  # T5 v1.0 has wi/wo, the gated Flan-T5 wi_0/wi_1/wo
+    feed_forward_output: tuple[str, ...] = ()  # the feed-forward's output projection (IA3 scales its input)
+    layer_norm: tuple[str, ...] = ()  # every layer norm (LayerNorm tuning; PEFT knows none for PEGASUS, LongT5)
 
 
 @dataclass(frozen=True)
@@ -39,9 +41,14 @@ class ModelFamily:
     dropout_keys: tuple[str, ...]  # config attributes holding the layers' dropout probabilities (model.dropout)
 
 
-_T5 = ModuleRoles(query=("q",), key=("k",), value=("v",), output=("o",), feed_forward=("wi", "wi_0", "wi_1", "wo"))
+_T5 = ModuleRoles(query=("q",), key=("k",), value=("v",), output=("o",), feed_forward=("wi", "wi_0", "wi_1", "wo"),
+                  feed_forward_output=("wo",), layer_norm=("layer_norm", "final_layer_norm"))
+# BART's and PEGASUS's layer norms together (a name a model lacks matches nothing): PEGASUS ends each stack with
+# layer_norm, BART normalises its embeddings (layernorm_embedding)
 _BART = ModuleRoles(query=("q_proj",), key=("k_proj",), value=("v_proj",), output=("out_proj",),
-                    feed_forward=("fc1", "fc2"))
+                    feed_forward=("fc1", "fc2"), feed_forward_output=("fc2",),
+                    layer_norm=("self_attn_layer_norm", "encoder_attn_layer_norm", "final_layer_norm",
+                                "layernorm_embedding", "layer_norm"))
 _T5_DROPOUT = ("dropout_rate",)
 _BART_DROPOUT = ("dropout", "attention_dropout", "activation_dropout")
 FAMILIES: dict[str, ModelFamily] = {
