@@ -8,7 +8,14 @@ from typing import Any
 
 from medsum.config import RunConfig
 from medsum.methods import METHODS, ModelContext
-from medsum.models import count_parameters, family_of, meta_model, parameter_report, resolve_model_source
+from medsum.models import (
+    count_parameters,
+    family_of,
+    load_config,
+    meta_model,
+    parameter_report,
+    resolve_model_source,
+)
 
 
 def count_for_config(cfg: RunConfig) -> dict[str, Any]:
@@ -21,10 +28,11 @@ def count_for_config(cfg: RunConfig) -> dict[str, Any]:
         from medsum.data import load_splits
 
         name = resolve_model_source(name, load_splits(cfg.data)["train"])
+    method = METHODS[cfg.method.name]
+    method.check_family(family_of(load_config(name)))
     model = meta_model(name)
     family = family_of(model.config)
     base = count_parameters(model)["total"]
-    method = METHODS[cfg.method.name]
     method_cfg = method.countable(method.resolve(cfg.method, family))
     tokenizer_path = name if Path(name).is_dir() else cfg.model.name
     wrapped = method.apply(model, method_cfg, ModelContext(cfg.model.name, tokenizer_path, family))

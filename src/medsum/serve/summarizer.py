@@ -127,6 +127,7 @@ def load_adapter(base, adapter_dir: Path, method: Method):
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise MedsumError(f"{adapter_dir}: cannot load the adapter ({str(err).splitlines()[0][:200]})") from None
     check_adapter_loaded(model, adapter_dir, method)
+    method.prepare_generation(model)
     return model
 
 

@@ -25,7 +25,7 @@ def save_weights(setup_: Setup, run_dir: Path) -> int:
     method = METHODS[setup_.cfg.method.name]
     folder = run_dir / (rundir.ADAPTER if method.saves_adapter else rundir.MODEL)
     with rundir.atomic_dir(folder) as staging:
-        setup_.model.save_pretrained(staging)
+        method.save(setup_.model, staging)
     with rundir.atomic_dir(run_dir / rundir.TOKENIZER) as staging:
         setup_.tokenizer.save_pretrained(staging)
     if setup_.cfg.model.name == "tiny":
