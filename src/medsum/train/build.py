@@ -20,8 +20,8 @@ from medsum.models import (
     load_pretrained,
     load_tokenizer,
     parameter_report,
-    resolve_model_source,
 )
+from medsum.tiny_models import resolve_model_source
 from medsum.train.sampler import MicroBatchSampler, total_steps
 
 
