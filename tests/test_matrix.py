@@ -45,12 +45,16 @@ SPECS: dict[str, tuple[str, tuple[str, ...]]] = {
     "oft": ("oft", ()),
     "boft": ("boft", ()),
     "hra": ("hra", ()),
-    "fourierft": ("fourierft", ()),
+    # a tiny model's weights have 4,096 entries: PEFT's 1,000 random-initialised frequencies at scale 150 would swamp
+    # them (logits move by ~6 before training), and merging's float error with them
+    "fourierft": ("fourierft", ("method.n_frequency=100",)),
     "ln_tuning": ("ln_tuning", ()),
     "full": ("full", ()),
 }
 STEPS = 2
-CONVERTED = ("lora-pissa", "lora-olora")  # saved as plain LoRA for the original base: equal up to float error
+# saved as plain LoRA for the original base (PiSSA, OLoRA) or with the pruned ranks only (AdaLoRA): equal up to
+# float error
+REARRANGED = ("lora-pissa", "lora-olora", "adalora")
 
 
 @pytest.fixture(scope="session")
@@ -71,10 +75,14 @@ def family_source(tiny_splits):
 
 @pytest.fixture(scope="module", autouse=True)
 def accelerator():
-    """setup_model seeds per process, which needs Accelerate's state (as in a run)."""
+    """setup_model seeds per process, which needs Accelerate's state (as in a run). One thread: on models this
+    small, a second thread costs more in synchronisation than it computes (5x the CPU time on 2 shared cores)."""
     from medsum.train.build import make_accelerator
 
-    return make_accelerator("fp32")[0]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield make_accelerator("fp32")[0]
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -188,7 +196,7 @@ def test_method_on_family(spec, family, family_source, family_batch, tmp_path):
 
     expected = logits(model, batch)
     loaded = reloaded(model, source, spec, tmp_path / "saved")
-    tolerance = 1e-5 if spec in CONVERTED else 0.0
+    tolerance = 1e-5 if spec in REARRANGED else 0.0
     assert torch.allclose(logits(loaded, batch), expected, rtol=0, atol=tolerance)
 
     generated, forward = first_step_logits(model, batch)
