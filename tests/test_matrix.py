@@ -236,3 +236,63 @@ def test_a_refused_family_fails_before_any_weight_is_loaded(family_source, monke
         build.checked_family(cfg, str(source))
     with pytest.raises(MedsumError, match="method ln_tuning cannot serve model family pegasus"):
         count_for_config(cfg)
+
+
+def test_only_adalora_acts_after_an_optimizer_step():
+    from medsum.methods import base
+
+    assert [name for name, m in METHODS.items() if m.after_optimizer_step is not base._no_step] == ["adalora"]
+
+
+def test_a_study_grid_of_families_and_methods_names_its_runs_and_labels(tmp_path):
+    from medsum.report import group_runs
+    from medsum.report.runs import RunRecord
+    from medsum.settings import flatten
+    from medsum.study.spec import expand, spec_from_dict
+
+    spec = spec_from_dict({"base": {"model": {"name": "tiny-t5"}},
+                           "grid": {"model.name": ["tiny-t5", "tiny-bart"], "method.name": ["lora", "ia3", "vera"]},
+                           "sweeps": {"dora": {"method.name": "lora", "method.use_dora": [True]}}}, "study")
+    runs = expand(spec, [], tmp_path)
+    names = sorted(run.name for run in runs)
+    assert len(names) == len(set(names)) == 7  # 2 families x 3 methods, and the base's (tiny-t5's) DoRA sweep
+    assert "tiny-bart__ia3__s1" in names and "tiny-t5__lora__doraTrue__s1" in names
+    records = [RunRecord(run.name, tmp_path, "done", flatten(dataclasses.asdict(run.config)),
+                         {"model": run.config.model.name, "method": run.config.method.name, "seed": 1,
+                          "params": {"trainable": 5}, "test": {"rouge1": 30.0}}, run.membership("s"))
+               for run in runs]
+    labels = {(g.model, g.label) for g in group_runs(records)}
+    assert {("tiny-t5", "lora (dora=False)"), ("tiny-t5", "lora (dora=True)"), ("tiny-bart", "vera"),
+            ("tiny-bart", "ia3")} <= labels
+
+
+# ---------------------------------------------------------------------------------------------- whole runs
+
+# one finished run per family, each with a method whose saving or stepping is its own
+RUNS = {"t5": ("adalora", ()), "bart": ("lora", ("method.init=pissa",)), "pegasus": ("ln_tuning", ()),
+        "longt5": ("prefix_tuning", ("method.num_virtual_tokens=4",))}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", list(RUNS))
+def test_medsum_summarize_loads_a_run_of_every_family(family, data_dir, tmp_path, capsys):
+    from conftest import TINY_OVERRIDES
+    from medsum.cli import main
+
+    method, extra = RUNS[family]
+    run = tmp_path / "run"
+    overrides = [o for o in TINY_OVERRIDES if not o.startswith("model.name=")]
+    assert main(["train", "--quiet", *overrides, f"model.name=tiny-{family}", f"method.name={method}", *extra,
+                 "generate.num_beams=2", f"output_dir={run}"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "done" and metrics["model"] == f"tiny-{family}"
+    adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    if method == "adalora":  # the budget was allocated after each of the two steps
+        assert adapter["rank_pattern"]
+    if method == "lora":  # converted to plain LoRA of twice the rank, for the unmodified base_model/
+        assert adapter["init_lora_weights"] is True and adapter["r"] == 32
+    text = tmp_path / "article.txt"
+    text.write_text("A 54-year-old woman presented with fever, cough and bilateral infiltrates.")
+    capsys.readouterr()
+    assert main(["summarize", "--run", str(run), "--json", str(text)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["file"] == str(text)
