@@ -25,3 +25,12 @@ def catalog_rows() -> list[tuple[str, ...]]:
         rows.append((name, method.label, method.trains, ", ".join(settings) or "-", method.learning_rate_help,
                      ", ".join(TESTED_FAMILIES)))
     return rows
+
+
+def markdown_table() -> str:
+    """The README's methods table (a test keeps the README equal to this)."""
+    rows = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    for row in catalog_rows():
+        cells = [f"`{row[0]}`", *row[1:3], f"`{row[3]}`" if row[3] != "-" else "-", *row[4:]]
+        rows.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
+    return "\n".join(rows)
