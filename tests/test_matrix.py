@@ -296,3 +296,35 @@ def test_medsum_summarize_loads_a_run_of_every_family(family, data_dir, tmp_path
     capsys.readouterr()
     assert main(["summarize", "--run", str(run), "--json", str(text)]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["file"] == str(text)
+
+
+# ---------------------------------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize("preset, t5, bart", [
+    ("attention", ["q", "v"], ["q_proj", "v_proj"]),
+    ("attention_all", ["q", "k", "v", "o"], ["q_proj", "k_proj", "v_proj", "out_proj"]),
+    ("attention_ffn", ["q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo"],
+     ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]),
+    ("all-linear", ["all-linear"], ["all-linear"]),
+])
+def test_target_presets_name_the_family_roles(preset, t5, bart):
+    for method in ("lora", "adalora", "vera", "loha", "lokr", "oft", "boft", "hra", "fourierft"):
+        cfg = load_run_config(None, [f"method.name={method}", f"method.target_modules={preset}"]).method
+        for family, expected in (("t5", t5), ("bart", bart)):
+            assert METHODS[method].resolve(cfg, FAMILIES[family]).target_modules == expected
+
+
+def test_target_presets_stand_alone():
+    with pytest.raises(MedsumError, match=r"method.target_modules: the preset attention stands alone"):
+        load_run_config(None, ["method.name=loha", "method.target_modules=[attention,wo]"])
+
+
+def test_what_peft_refuses_is_one_line_naming_the_method(family_source):
+    SPECS["fourierft-5000"] = ("fourierft", ("method.n_frequency=5000",))  # more than the 64 x 64 entries
+    try:
+        with pytest.raises(MedsumError, match=r"^method.name=fourierft, method.target_modules=\['q', 'v'\]: "
+                                              r"`n_frequency` should be less than .* 4096$"):
+            wrapped(family_source("t5"), "fourierft-5000")
+    finally:
+        del SPECS["fourierft-5000"]

@@ -24,9 +24,10 @@ class AdaLoraConfig(MethodConfig):
     target_modules: list[str] | None = targets.target_modules_setting()
 
     def validate(self) -> list[str]:
+        errors = targets.target_errors(self.target_modules)
         if self.target_r > self.init_r:
-            return [f"method.target_r must be <= method.init_r ({self.init_r}), got {self.target_r}"]
-        return []
+            errors.append(f"method.target_r must be <= method.init_r ({self.init_r}), got {self.target_r}")
+        return errors
 
 
 def apply(model, cfg: AdaLoraConfig, ctx: ModelContext):

@@ -18,6 +18,9 @@ class BoftConfig(MethodConfig):
     dropout: float = setting(0.0, "Multiplicative dropout on the rotation blocks.", bound=Bound(0, 1, high_open=True))
     target_modules: list[str] | None = targets.target_modules_setting()
 
+    def validate(self) -> list[str]:
+        return targets.target_errors(self.target_modules)
+
 
 def apply(model, cfg: BoftConfig, ctx: ModelContext):
     from peft import BOFTConfig

@@ -19,6 +19,9 @@ class FourierftConfig(MethodConfig):
                              bound=Bound(0, low_open=True))
     target_modules: list[str] | None = targets.target_modules_setting()
 
+    def validate(self) -> list[str]:
+        return targets.target_errors(self.target_modules)
+
 
 def apply(model, cfg: FourierftConfig, ctx: ModelContext):
     from peft import FourierFTConfig

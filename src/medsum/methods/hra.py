@@ -18,6 +18,9 @@ class HraConfig(MethodConfig):
     apply_gs: bool = setting(False, "Orthogonalise the reflection vectors (Gram-Schmidt).")
     target_modules: list[str] | None = targets.target_modules_setting()
 
+    def validate(self) -> list[str]:
+        return targets.target_errors(self.target_modules)
+
 
 def apply(model, cfg: HraConfig, ctx: ModelContext):
     from peft import HRAConfig

@@ -24,6 +24,9 @@ class LokrConfig(MethodConfig):
                                     bound=Bound(0, 1, high_open=True))
     target_modules: list[str] | None = targets.target_modules_setting()
 
+    def validate(self) -> list[str]:
+        return targets.target_errors(self.target_modules)
+
 
 def apply(model, cfg: LokrConfig, ctx: ModelContext):
     from peft import LoKrConfig

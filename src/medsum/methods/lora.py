@@ -39,9 +39,7 @@ class LoraConfig(MethodConfig):
         names=Names(run="init", short="init", title="LoRA initialisation"))
 
     def validate(self) -> list[str]:
-        errors = []
-        if self.target_modules is not None and not self.target_modules:
-            errors.append("method.target_modules must name at least one module (or be null)")
+        errors = targets.target_errors(self.target_modules)
         if self.init not in INITS:
             errors.append(f"method.init must be one of {', '.join(INITS)}, got {self.init!r}")
         return errors

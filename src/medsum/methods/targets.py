@@ -33,6 +33,18 @@ def target_modules_setting(default: str = "attention") -> Any:
     )
 
 
+def target_errors(chosen: list[str] | None) -> list[str]:
+    """A preset stands alone; an empty list names nothing."""
+    if chosen is None:
+        return []
+    if not chosen:
+        return ["method.target_modules must name at least one module (or be null)"]
+    presets = [name for name in chosen if name in PRESETS or name == ALL_LINEAR]
+    if presets and len(chosen) > 1:
+        return [f"method.target_modules: the preset {presets[0]} stands alone, got {chosen}"]
+    return []
+
+
 def resolve_targets(targets: list[str] | None, family: ModelFamily, default: str = "attention") -> list[str]:
     """Module names for ``targets`` (null: the ``default`` preset); all-linear stays as PEFT's own keyword."""
     chosen = [default] if targets is None else targets

@@ -19,6 +19,9 @@ class VeraConfig(MethodConfig):
     d_initial: float = setting(0.1, "Initial value of the scaling vector d.", bound=Bound(0))
     target_modules: list[str] | None = targets.target_modules_setting()
 
+    def validate(self) -> list[str]:
+        return targets.target_errors(self.target_modules)
+
 
 def apply(model, cfg: VeraConfig, ctx: ModelContext):
     from peft import VeraConfig as PeftVeraConfig
