@@ -72,19 +72,22 @@ def test_tiny_weights_come_from_a_fixed_seed(model_type):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["tiny-bart", "tiny-pegasus", "tiny-longt5"])
-def test_tiny_family_trains_saves_and_reloads(tmp_path, name):
-    """tiny-t5 is the default suite's tiny model (conftest's tiny_runs); the other families here."""
+@pytest.mark.parametrize("name, local", [("tiny-bart", False), ("tiny-pegasus", False), ("tiny-longt5", False),
+                                         ("tiny-bart", True)], ids=["bart", "pegasus", "longt5", "bart-local-dir"])
+def test_family_trains_saves_and_reloads(tmp_path, family_dirs, name, local):
+    """tiny-t5 is the default suite's tiny model (conftest's tiny_runs); the other families here, by tiny name and
+    (BART) as a local model directory, which the run names instead of copying."""
     from medsum.serve.summarizer import load_summarizer
 
-    run = tmp_path / name
-    args = [f"model.name={name}", f"data.path={DATA}", "method.name=lora", *QUICK_RUN, f"output_dir={run}"]
+    run, model = tmp_path / name, str(family_dirs[name]) if local else name
+    args = [f"model.name={model}", f"data.path={DATA}", "method.name=lora", *QUICK_RUN, f"output_dir={run}"]
     assert main(["train", "--quiet", *args]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["status"] == "done" and metrics["model"] == name
+    assert metrics["status"] == "done" and metrics["model"] == model
     assert [r["step"] for r in read_jsonl(run / "train_log.jsonl") if "loss" in r] == [1, 2]
-    base = load_pretrained(str(run / "base_model"))
-    assert base.config.model_type == EXPECTED[name][0]  # the tiny base and its tokenizer travel with the run
+    assert (run / "base_model").is_dir() != local  # a tiny base travels with the run; a local directory is named
+    base = load_pretrained(str(run / "base_model") if not local else model)
+    assert base.config.model_type == EXPECTED[name][0]
     assert load_tokenizer(str(run / "tokenizer")).eos_token_id == EXPECTED[name][3]
     summary = load_summarizer(run, device="cpu").summarize("Aspirin lowers the risk of stroke in older patients.")
     assert isinstance(summary, str)
@@ -204,6 +207,23 @@ def test_lora_with_gradient_checkpointing_trains_encoder_and_decoder_on_4096_tok
     grads = {n: p.grad for n, p in model.named_parameters() if "lora_B" in n}
     assert any(".encoder." in n for n in grads) and any(".decoder." in n for n in grads)
     assert all(g is not None and bool(g.abs().sum() > 0) for g in grads.values())
+
+
+def test_the_longt5_example_is_a_valid_4096_token_study():
+    from pathlib import Path
+
+    import yaml
+
+    from medsum.study.spec import expand, spec_from_dict
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "pubmed-longt5.yaml"
+    assert path.read_text().startswith("# medsum study run examples/pubmed-longt5.yaml")
+    runs = expand(spec_from_dict(yaml.safe_load(path.read_text()), str(path)), [], Path("/tmp/unused"))
+    assert {r.config.method.name for r in runs} == {"lora", "full"} and len(runs) == 6
+    for run in runs:
+        cfg = run.config
+        assert (cfg.model.name, cfg.data.max_source_tokens, cfg.train.gradient_checkpointing) == \
+            ("google/long-t5-tglobal-base", 4096, True)
 
 
 @pytest.mark.slow
