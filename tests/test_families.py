@@ -57,6 +57,17 @@ def test_tiny_builder_has_the_family_layout_and_tokenizer(family_dirs, name):
         assert config.encoder_attention_type == "transient-global"
 
 
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_medsum_params_of_a_tiny_model_counts_its_saved_weights(family_dirs, name):
+    from medsum.models import count_parameters
+
+    overrides = [f"model.name={name}", f"data.path={DATA}", "data.max_train_examples=8", "data.max_eval_examples=3"]
+    report = count_for_config(load_run_config(None, [*overrides, "method.name=full"]))
+    assert report["base_params"] == count_parameters(load_pretrained(str(family_dirs[name])))["total"]
+    lora = count_for_config(load_run_config(None, [*overrides, "method.name=lora"]))
+    assert lora["trainable_params"] == 12 * 16 * (64 + 64)  # q and v of 6 attentions, r=16, d_model 64 (4 x 16)
+
+
 @pytest.mark.parametrize("model_type", ["t5", "bart", "pegasus", "longt5"])
 def test_tiny_weights_come_from_a_fixed_seed(model_type):
     import torch
