@@ -193,9 +193,9 @@ def _long_batch(tokenizer, length: int):
             "labels": torch.tensor([ids[:24]])}
 
 
-def test_lora_with_gradient_checkpointing_trains_encoder_and_decoder_on_4096_tokens(family_dirs):
+def test_lora_with_gradient_checkpointing_trains_encoder_and_decoder(family_dirs):
     """PEFT #522: with a frozen base and checkpointing, input grads must reach both stacks. Every LoRA B matrix of
-    the encoder and of the decoder gets a gradient from one 4,096-token source."""
+    the encoder and of the decoder gets a gradient from one 1,024-token source (4,096 in the slow run below)."""
     from medsum.train.build import make_accelerator, setup_model
 
     make_accelerator("fp32")  # setup_model seeds per process through Accelerate's state
@@ -213,7 +213,7 @@ def test_lora_with_gradient_checkpointing_trains_encoder_and_decoder_on_4096_tok
     for stack in ("encoder", "decoder"):
         getattr(model.get_base_model(), f"get_{stack}")().get_input_embeddings().register_forward_hook(watch(stack))
     model.train()
-    model(**_long_batch(load_tokenizer(str(source)), 4096)).loss.backward()
+    model(**_long_batch(load_tokenizer(str(source)), 1024)).loss.backward()
     assert seen == {"encoder": True, "decoder": True}
     grads = {n: p.grad for n, p in model.named_parameters() if "lora_B" in n}
     assert any(".encoder." in n for n in grads) and any(".decoder." in n for n in grads)
