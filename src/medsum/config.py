@@ -106,7 +106,7 @@ class TrainConfig:
     max_grad_norm: float = setting(1.0, "Gradient clipping norm; 0 disables clipping.", bound=_NON_NEGATIVE)
     precision: str = setting(
         "auto", "auto | fp32 | bf16 | fp16. auto: bf16 on a GPU that supports it, else fp32. fp16 is refused for "
-                "T5 (it overflows)."
+                "the families whose activations overflow it (T5, LongT5, mT5, PEGASUS)."
     )
     gradient_checkpointing: bool = setting(False, "Trade compute for memory (recomputes activations).")
     compile: bool = setting(False, "torch.compile the training forward pass (GPUs; the first steps compile).")

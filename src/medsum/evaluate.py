@@ -118,8 +118,10 @@ def _beam_search_cache(model, num_beams: int):
     """
     from medsum.models import FAMILIES
 
+    if num_beams <= 1:
+        return None
     family = FAMILIES.get(getattr(model.config, "model_type", ""))
-    if num_beams <= 1 or family is None or not family.skip_cross_attention_reorder:
+    if family is None or not family.skip_cross_attention_reorder:
         return None
     from transformers import DynamicCache
 

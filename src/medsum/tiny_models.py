@@ -104,7 +104,7 @@ def build_tiny_model(recipe: TinyRecipe, model_type: str, vocab_size: int):
     return model
 
 
-def tiny_model_dir(train_texts: list[str], model_type: str = "t5") -> Path:
+def tiny_model_dir(train_texts: list[str], model_type: str = TINY_MODELS["tiny"]) -> Path:
     """A local model directory holding the family's tiny model and its tokenizer, built once per training text and
     cached. The cache key is the training text and the recipe, so every run and seed of a study shares one."""
     quiet_transformers()

@@ -77,11 +77,13 @@ def setup(cfg: RunConfig, show_progress: bool = False) -> Setup:
 def checked_family(cfg: RunConfig, source: str):
     """The model's family, read from its configuration: a method or precision it cannot take is refused before
     any weight is loaded."""
-    family = family_of(load_config(source))
+    config = load_config(source)
+    family = family_of(config)
     METHODS[cfg.method.name].check_family(family)
     if cfg.train.precision == "fp16" and not family.fp16_safe:
         raise MedsumError(f"train.precision: fp16 is not supported for {family.model_type} models (activations "
                           f"overflow to NaN); use fp32 or bf16")
+    check_positions(cfg, family, config)
     return family
 
 
@@ -90,6 +92,16 @@ def check_inputs(cfg: RunConfig, show_progress: bool = False) -> None:
     processes, so that a typo is one line from the launcher, not one per process)."""
     splits = load_splits(cfg.data, show_progress=show_progress)
     resolve_model_source(cfg.model.name, splits["train"])
+
+
+def check_positions(cfg: RunConfig, family, config) -> None:
+    """Sources and targets must fit a family's position embeddings (BART, PEGASUS: 1,024); T5's are relative."""
+    limit = getattr(config, family.position_limit_key, None) if family.position_limit_key else None
+    for key, length in (("data.max_source_tokens", cfg.data.max_source_tokens),
+                        ("data.max_target_tokens", cfg.data.max_target_tokens)):
+        if limit is not None and length > limit:
+            raise MedsumError(f"{key}: {length} tokens exceed the {limit} positions of this {family.model_type} "
+                              f"model ({family.position_limit_key}); use at most {limit}, or a LongT5 model")
 
 
 def resolve_config(cfg: RunConfig, family, precision: str) -> RunConfig:
