@@ -18,7 +18,7 @@ from medsum import rundir
 from medsum.config import names_of
 from medsum.evaluate import ROUGE_KEYS
 from medsum.methods import METHODS
-from medsum.report.runs import RunRecord, load_runs
+from medsum.report.runs import RunRecord, load_runs, load_trials
 from medsum.report.stats import PairedResult, holm, mean_sd, paired_comparison
 
 __all__ = ["write_report", "summary_text", "build_report", "Report", "Group", "Comparison", "load_runs"]
@@ -72,6 +72,8 @@ class Report:
     sweeps: dict[str, tuple[str, list[Group]]] = field(default_factory=dict)  # name -> (varied key, one per value)
     comparisons: list[Comparison] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
+    trials: list[RunRecord] = field(default_factory=list)  # the search's trials (runs/search/), if it searched
+    default_comparisons: list[Comparison] = field(default_factory=list)  # tuned vs default (report.search)
 
     def failed(self) -> list[RunRecord]:
         return [r for r in self.records if r.status == "failed"]
@@ -86,9 +88,13 @@ def build_report(output: Path, compare: bool = True) -> Report:
     done = [r for r in records if r.status == "done"]
     variants = group_runs(done)
     study = next((r.membership["study"] for r in records if r.membership.get("study")), Path(output).name)
-    report = Report(study, records, [g for g in variants if g.in_grid], variants, sweep_groups(done, variants))
+    report = Report(study, records, [g for g in variants if g.in_grid], variants, sweep_groups(done, variants),
+                    trials=load_trials(output))
     if compare:
+        from medsum.report.search import default_comparisons
+
         report.comparisons = compare_methods(report.groups)
+        report.default_comparisons = default_comparisons(report)
     return report
 
 

@@ -145,6 +145,10 @@ def summary_markdown(report: Report) -> str:
     parts += [_sweep_section(name, key, groups) for name, (key, groups) in report.sweeps.items()]
     if report.groups:
         parts.append(_significance_section(report))
+    if report.trials:
+        from medsum.report.search import search_section
+
+        parts.append(search_section(report))
     if report.failed():
         parts.append(_failed_section(report))
     if report.plots:
