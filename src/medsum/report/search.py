@@ -95,9 +95,9 @@ def search_section(report: Report) -> str:
                  ["Search", "Chosen values", "Trial", f"Validation {ROUGE_NAMES.get(metric, metric)}",
                   "Complete / failed trials"], _chosen_rows(by_search, choices)),
              "### Trials\n\n" + markdown_table(
-                 ["Search", "Trial", "Status", "Searched values", "Validation ROUGE-1",
-                  f"Validation {ROUGE_NAMES.get(metric, metric)}", "Train s", "Chosen"],
-                 _trial_rows(by_search, choices, metric)),
+                 ["Search", "Trial", "Status", "Searched values", "Validation ROUGE-1"]
+                 + ([f"Validation {ROUGE_NAMES.get(metric, metric)}"] if metric != "rouge1" else [])
+                 + ["Train s", "Chosen"], _trial_rows(by_search, choices, metric)),
              "### What the search cost\n\n" + markdown_table(
                  ["Search", "Trials", "Train seconds", "Grid runs' train seconds"], _cost_rows(report, by_search))]
     if report.default_comparisons:
@@ -134,21 +134,21 @@ def _trial_rows(by_search: dict[str, list[RunRecord]], choices: dict[str, dict],
             status = trial.status + (f": {trial.error}" if trial.error else "")
             seconds = trial.metrics.get("efficiency", {}).get("train_seconds")
             picked = "✓" if choices.get(name, {}).get("trial") == number else ""
-            rows.append([name, str(number), status, _values(info(trial).get("params", {})),
-                         _score(validation(trial)), _score(validation(trial, metric)),
-                         f"{seconds:.1f}" if isinstance(seconds, (int, float)) else "–", picked])
+            rows.append([name, str(number), status, _values(info(trial).get("params", {})), _score(validation(trial))]
+                        + ([_score(validation(trial, metric))] if metric != "rouge1" else [])
+                        + [f"{seconds:.1f}" if isinstance(seconds, (int, float)) else "–", picked])
     return rows
 
 
 def _cost_rows(report: Report, by_search: dict[str, list[RunRecord]]) -> list[list[str]]:
-    rows, total = [], 0.0
+    rows, total, total_grid = [], 0.0, 0.0
     for name, trials in by_search.items():
         seconds = sum(float(t.metrics.get("efficiency", {}).get("train_seconds") or 0) for t in trials)
         grid = sum(float(r.metrics.get("efficiency", {}).get("train_seconds") or 0) for g in report.groups
                    for r in g.runs if (r.membership.get("tuned") or {}).get("search") == name)
-        total += seconds
+        total, total_grid = total + seconds, total_grid + grid
         rows.append([name, str(len(trials)), f"{seconds:.1f}", f"{grid:.1f}"])
-    rows.append(["all searches", str(sum(len(t) for t in by_search.values())), f"{total:.1f}", ""])
+    rows.append(["all searches", str(sum(len(t) for t in by_search.values())), f"{total:.1f}", f"{total_grid:.1f}"])
     return rows
 
 
