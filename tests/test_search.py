@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import DATA
 from medsum import rundir, study
 from medsum.errors import MedsumError
 from medsum.study.spec import expand, spec_from_dict
-
-from conftest import DATA
 
 SPACE = {"train.learning_rate": {"log_uniform": [1.0e-4, 1.0e-1]}}
 
@@ -278,6 +277,36 @@ def test_compare_defaults_runs_the_untuned_grid_and_reports_tuned_against_defaul
     assert "### Tuned against default settings" in summary and "| lora tuned | lora default |" in summary
 
 
+class RecordingPool:
+    """A pool that trains with the fake in order and records when runs were submitted and collected."""
+
+    def __init__(self, train):
+        self.train, self.queue, self.events = train, [], []
+
+    def submit(self, key, cfg):
+        self.events.append(("submit", key, cfg.run_dir.name))
+        self.queue.append((key, cfg))
+
+    def next_done(self):
+        key, cfg = self.queue.pop(0)
+        self.events.append(("done", key, cfg.run_dir.name))
+        self.train(cfg)
+        return key, "done"
+
+
+def test_searches_of_different_methods_are_in_flight_together_and_each_one_trial_at_a_time(tmp_path):
+    from medsum.study.tuning import plan_searches, run_searches
+
+    spec = spec_from_dict(spec_dict(trials=2), "s.yaml")
+    pool = RecordingPool(fake_train([]))
+    run_searches(spec, plan_searches(spec, [], tmp_path), tmp_path, pool)
+    assert pool.events[:3] == [("submit", "tiny/lora", "trial-0"), ("submit", "tiny/prompt_tuning", "trial-0"),
+                               ("done", "tiny/lora", "trial-0")]  # both methods' first trials were out at once
+    for name in ("tiny/lora", "tiny/prompt_tuning"):
+        mine = [(kind, trial) for kind, key, trial in pool.events if key == name]
+        assert mine == [("submit", "trial-0"), ("done", "trial-0"), ("submit", "trial-1"), ("done", "trial-1")]
+
+
 # ---------------------------------------------------------------------------------------------- real runs
 
 
@@ -306,3 +335,22 @@ def test_a_real_tiny_search_trains_trials_and_grid(tmp_path):
     best = max(range(2), key=lambda n: trials[n]["validation"]["rouge1"])
     lrs = learning_rates(tmp_path / "out", "lora")
     assert rundir.read_config(tmp_path / "out" / "runs" / "tiny__lora__s1")["train"]["learning_rate"] == lrs[best]
+
+
+@pytest.mark.slow
+def test_under_ray_the_searches_of_different_methods_run_side_by_side(tmp_path):
+    # no skip: `make test` installs the ray extra, so a missing Ray is a failure here, not a silent pass
+    if not DATA.is_dir():
+        pytest.fail(f"no sample data at {DATA}")
+    spec = {"name": "ray", "base": {"model": {"name": "tiny"}, "data": {
+                "path": str(DATA), "max_train_examples": 8, "max_eval_examples": 2, "max_source_tokens": 128},
+                "train": {"max_steps": 2, "batch_size": 4},
+                "generate": {"num_beams": 1, "max_new_tokens": 8, "min_new_tokens": 1}},
+            "grid": {"method.name": ["lora", "prompt_tuning"]}, "seeds": [1],
+            "search": {"trials": 2, "seed": 3, "space": SPACE}, "ray": {"num_cpus": 0.5}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    study.run_study(tmp_path / "s.yaml", tmp_path / "out", [], executor="ray", show_progress=False)
+    record = optuna_record(tmp_path / "out")
+    assert {name: [s for _, s, _ in trials] for name, trials in record.items()} == {
+        "tiny/lora": ["COMPLETE"] * 2, "tiny/prompt_tuning": ["COMPLETE"] * 2}
+    assert rundir.is_finished(tmp_path / "out" / "runs" / "tiny__prompt_tuning__s1")

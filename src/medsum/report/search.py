@@ -1,17 +1,17 @@
 """The search's part of the report (a study with a ``search:`` block): the trials, each method's chosen settings,
 what the search cost, tuned against default settings where the grid ran both, and validation ROUGE-1 against the
-searched values. Read from the trial run directories (``runs/search/``) and the grid runs' study.json alone."""
+searched values. Read from the trial run directories (``runs/search/``) and the grid runs' study.json alone; the
+tuned-vs-default tests are computed with the others (``report.compare_with_defaults``)."""
 
 from __future__ import annotations
 
-import itertools
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medsum.evaluate import ROUGE_KEYS, ROUGE_NAMES
+from medsum.evaluate import ROUGE_NAMES
 from medsum.report.runs import RunRecord
-from medsum.report.stats import holm, paired_comparison
+from medsum.report.tables import _p, markdown_table, verdict
 
 if TYPE_CHECKING:
     from medsum.report import Comparison, Group, Report
@@ -49,39 +49,11 @@ def validation(trial: RunRecord, metric: str = "rouge1") -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-# ---------------------------------------------------------------------------------------------- tuned vs default
-
-
-def default_comparisons(report: Report) -> list[Comparison]:
-    """Each tuned grid variant against the same variant with the untuned settings (search.compare_defaults), on
-    each ROUGE score, paired over the test examples as in the significance tests; Holm over those of one model."""
-    from medsum.report import Comparison, paired_scores
-
-    defaults = [g for g in report.variants if any(r.membership.get("defaults") for r in g.runs)]
-    found = []
-    for tuned in report.groups:
-        if not any(r.membership.get("tuned") for r in tuned.runs):
-            continue
-        for default in defaults:
-            if (default.model, default.method) == (tuned.model, tuned.method) and default is not tuned:
-                for metric in ROUGE_KEYS:
-                    a, b = paired_scores(tuned, default, metric)
-                    found.append(Comparison(tuned.model, f"{tuned.method} tuned", f"{default.method} default",
-                                            metric, paired_comparison(a, b)))
-    for _, members in itertools.groupby(found, key=lambda c: c.model):
-        members = list(members)
-        for comparison, adjusted in zip(members, holm([c.result.p_value for c in members])):
-            comparison.p_holm = adjusted
-    return found
-
-
 # ---------------------------------------------------------------------------------------------- summary.md
 
 
 def search_section(report: Report) -> str:
     """The search, in summary.md: how it ran, the chosen settings, the trials, the cost, tuned vs default."""
-    from medsum.report.tables import markdown_table
-
     first = info(report.trials[0])
     metric = str(first.get("metric", "rouge1"))
     by_search = searches(report.trials)
@@ -153,8 +125,6 @@ def _cost_rows(report: Report, by_search: dict[str, list[RunRecord]]) -> list[li
 
 
 def _defaults_part(comparisons: list[Comparison]) -> str:
-    from medsum.report.tables import _p, markdown_table, verdict
-
     rows = [[c.model, c.a, c.b, ROUGE_NAMES[c.metric], str(c.result.n), f"{c.result.difference:+.2f}",
              f"[{c.result.low:+.2f}, {c.result.high:+.2f}]", _p(c.result.p_value), _p(c.p_holm), verdict(c)]
             for c in comparisons]

@@ -8,7 +8,7 @@ search:
   space:                    # dotted config key -> one distribution
     train.learning_rate: {log_uniform: [1.0e-5, 1.0e-2]}
   methods:                  # per-method entries replace the space's entry of the same key
-    prompt_tuning: {train.learning_rate: {log_uniform: [1.0e-3, 1.0]}}
+    full: {train.learning_rate: {log_uniform: [1.0e-6, 1.0e-4]}}
 ```
 
 Distributions: ``log_uniform: [low, high]`` (0 < low < high), ``uniform: [low, high]`` (low < high),
