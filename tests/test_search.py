@@ -112,6 +112,20 @@ def test_the_grid_takes_the_choice_and_a_point_without_one_has_no_runs(tmp_path)
     assert runs[0].membership("tuned")["tuned"]["trial"] == 1
 
 
+def test_sweeps_start_from_the_first_grid_point_with_its_chosen_values(tmp_path):
+    from medsum.study.search import point_key
+
+    spec = spec_dict()
+    spec["sweeps"] = {"rank": {"method.name": "lora", "method.r": [4, 16]}}
+    spec = spec_from_dict(spec, "s.yaml")
+    lora, prompt = (point_key(["method.name"], {"method.name": m}) for m in ("lora", "prompt_tuning"))
+    choice = {"search": "tiny/lora", "trial": 0, "params": {"train.learning_rate": 0.004}, "value": 9.0}
+    runs = {r.name: r for r in expand(spec, [], tmp_path, tuned={lora: choice, prompt: {**choice, "params": {
+        "train.learning_rate": 0.2}}})}
+    assert runs["tiny__lora__r4__s1"].config.train.learning_rate == 0.004
+    assert runs["tiny__prompt_tuning__s2"].config.train.learning_rate == 0.2
+
+
 # ---------------------------------------------------------------------------------------------- the search, fast
 
 
