@@ -191,13 +191,7 @@ def expand(spec: StudySpec, overrides: list[tuple[str, Any]], output: Path,
     ``tuned``: the searches' choices by grid point (``search.point_key``); a point whose search chose nothing
     (every trial failed) has no runs. Without it (before the search) runs take the untuned settings.
     """
-    problems = key_problems([key for key, _ in overrides])
-    if problems:
-        raise MedsumError("command-line overrides: " + "; ".join(problems))
-    searched = spec.search.keys() & {key for key, _ in overrides} if spec.search is not None else set()
-    if searched:
-        raise MedsumError(f"command-line overrides: {', '.join(sorted(searched))}: a searched key takes its value "
-                          f"from the search")
+    _check_overrides(spec, overrides)
     runs: dict[str, PlannedRun] = {}
     naming: dict[str, tuple[list[str], RunConfig, str]] = {}
     errors: dict[str, str] = {}  # message -> the first run it was found in (every seed repeats it)
@@ -218,14 +212,7 @@ def expand(spec: StudySpec, overrides: list[tuple[str, Any]], output: Path,
             key = dedup_key(cfg)
             planned = runs.setdefault(key, PlannedRun("", cfg))
             naming.setdefault(key, (naming_keys, cfg, "default" if sweep == DEFAULTS else ""))
-            if choice:
-                planned.tuned = choice
-            if sweep is None:
-                planned.grid = True
-            elif sweep == DEFAULTS:
-                planned.defaults = True
-            else:
-                planned.sweeps[sweep[0]] = {"key": sweep[1], "value": _plain(point[sweep[1]])}
+            _add_membership(planned, point, sweep, choice)
     problems = [f"{where}: {message}" for message, where in errors.items()]
     problems += _unused_key_errors(spec, used_keys) if not problems else []
     if problems:
@@ -235,6 +222,28 @@ def expand(spec: StudySpec, overrides: list[tuple[str, Any]], output: Path,
 
 
 DEFAULTS = ("", "")  # the "sweep" of the grid's points with their untuned settings (search.compare_defaults)
+
+
+def _check_overrides(spec: StudySpec, overrides: list[tuple[str, Any]]) -> None:
+    problems = key_problems([key for key, _ in overrides])
+    if problems:
+        raise MedsumError("command-line overrides: " + "; ".join(problems))
+    searched = spec.search.keys() & {key for key, _ in overrides} if spec.search is not None else set()
+    if searched:
+        raise MedsumError(f"command-line overrides: {', '.join(sorted(searched))}: a searched key takes its value "
+                          f"from the search")
+
+
+def _add_membership(planned: PlannedRun, point: dict, sweep: tuple | None, choice: dict | None) -> None:
+    """Records which parts of the study the run belongs to (a deduplicated run may belong to several)."""
+    if choice:
+        planned.tuned = choice
+    if sweep is None:
+        planned.grid = True
+    elif sweep == DEFAULTS:
+        planned.defaults = True
+    else:
+        planned.sweeps[sweep[0]] = {"key": sweep[1], "value": _plain(point[sweep[1]])}
 
 
 def study_points(spec: StudySpec):

@@ -91,14 +91,13 @@ class Trial:
 class MethodSearch:
     """The Optuna study of one search target and the trials it still owes."""
 
-    def __init__(self, target: SearchTarget, search: SearchSpec, storage: Any, study_name: str):
+    def __init__(self, target: SearchTarget, search: SearchSpec, storage: Any, owner: str):
         import optuna
 
-        self.target, self.search = target, search
+        self.target, self.search, self.owner = target, search, owner  # owner: the medsum study's name
         self.study = optuna.create_study(study_name=target.name, storage=storage, direction="maximize",
                                          load_if_exists=True)
         self.study.set_user_attr("method", target.method)
-        self.study.set_user_attr("study", study_name)
         if not self._states("COMPLETE") and self._states("FAIL") and not self._states("RUNNING"):
             self._start_over(storage)  # every trial failed: the next study run tries again
         self.left_running = [t.number for t in self._states("RUNNING")]  # by a process that was killed
@@ -142,7 +141,7 @@ class MethodSearch:
 
     def _membership(self, number: int, params: dict[str, Any]) -> dict[str, Any]:
         dims = {key: {"kind": d.kind, "values": list(d.values)} for key, d in self.target.space.items()}
-        return {"study": self.study.user_attrs.get("study", ""), "grid": False, "sweeps": {},
+        return {"study": self.owner, "grid": False, "sweeps": {},
                 "search": {"name": self.target.name, "method": self.target.method, "trial": number,
                            "params": params, "space": dims, **self.search.as_record()}}
 
