@@ -137,25 +137,30 @@ def _defaults_part(comparisons: list[Comparison]) -> str:
 # ---------------------------------------------------------------------------------------------- the plot
 
 
-def trial_plot(trials: list[RunRecord], key: str):
-    """Validation ROUGE-1 against one searched value, one series per search (method)."""
+def trial_plot(trials: list[RunRecord], key: str, choices: dict[str, dict]):
+    """Validation ROUGE-1 against one searched value, one series per search (method); the chosen trials ringed."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     figure, axes = plt.subplots(figsize=(6.4, 4.4))
     everything = []
     for name, members in searches(trials).items():
-        points = sorted((info(t)["params"][key], validation(t)) for t in members
-                        if key in info(t).get("params", {}) and validation(t) is not None)
+        scored = [t for t in members if key in info(t).get("params", {}) and validation(t) is not None]
+        points = sorted((info(t)["params"][key], validation(t)) for t in scored)
         if points:
             everything += points
-            axes.plot(*zip(*points), marker="o", linestyle="none", label=name)
+            line, = axes.plot(*zip(*points), marker="o", linestyle="none", label=name)
+            picked = [t for t in scored if info(t).get("trial") == choices.get(name, {}).get("trial")]
+            axes.plot([info(t)["params"][key] for t in picked], [validation(t) for t in picked], marker="o",
+                      markersize=13, markerfacecolor="none", color=line.get_color(), linestyle="none")
     kinds = {info(t).get("space", {}).get(key, {}).get("kind") for t in trials}
     log = bool(everything) and all(x > 0 for x, _ in everything) and ("log_uniform" in kinds or _spread(everything))
     if log:
         axes.set_xscale("log")
+        axes.xaxis.set_minor_formatter(NullFormatter())
     axes.set_xlabel(f"{key}{' (log scale)' if log else ''}")
     axes.set_ylabel("validation ROUGE-1 F1 (× 100)")
-    axes.set_title(f"Search: validation ROUGE-1 against {key}")
+    axes.set_title(f"Search: validation ROUGE-1 against {key} (ringed: chosen)")
     if everything:
         axes.legend(fontsize="small")
     axes.grid(alpha=0.3, which="both")
@@ -184,5 +189,5 @@ def plot_stem(key: str) -> str:
 def write_trial_plots(report: Report, folder: Path, save) -> list[str]:
     written = []
     for key in plotted_keys(report.trials):
-        written += save(trial_plot(report.trials, key), folder, plot_stem(key))
+        written += save(trial_plot(report.trials, key, chosen(report.groups)), folder, plot_stem(key))
     return written
