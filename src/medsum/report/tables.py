@@ -28,9 +28,10 @@ METRIC_SECTIONS = ("test", "validation", "params", "efficiency", "hardware")
 ALPHA = 0.05
 
 
-def write_tables(report: Report, folder: Path) -> None:
+def write_tables(report: Report, folder: Path, sections: list[str] = ()) -> None:
+    """``sections``: more of summary.md, after the significance tests (the search's: ``report.search``)."""
     atomic_write_text(folder / "results.csv", results_csv(report))
-    atomic_write_text(folder / "summary.md", summary_markdown(report))
+    atomic_write_text(folder / "summary.md", summary_markdown(report, sections))
     atomic_write_text(folder / "summary.tex", summary_latex(report))
 
 
@@ -139,13 +140,14 @@ def console_table(report: Report) -> str:
     return markdown_table(header, rouge_rows(report.groups))
 
 
-def summary_markdown(report: Report) -> str:
+def summary_markdown(report: Report, sections: list[str] = ()) -> str:
     parts = [f"# Study {report.study}: results", _status_line(report)]
     if report.groups:
         parts += [_main_section(report), _cost_section(report)]
     parts += [_sweep_section(name, key, groups) for name, (key, groups) in report.sweeps.items()]
     if report.groups:
         parts.append(_significance_section(report))
+    parts += sections
     if report.failed():
         parts.append(_failed_section(report))
     if report.plots:
