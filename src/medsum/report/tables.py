@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from medsum.config import names_of
 from medsum.evaluate import ROUGE_KEYS, ROUGE_NAMES
 from medsum.methods import METHODS
+from medsum.models import is_tiny
 from medsum.report.stats import t_interval
 from medsum.rundir import atomic_write_text
 from medsum.settings import flatten
@@ -163,8 +164,8 @@ def _status_line(report: Report) -> str:
     text = f"{len(report.records)} runs: " + ", ".join(f"{counts.get(s, 0)} {s}"
                                                         for s in ("done", "failed", "running", "pending"))
     text += ". Computed from the run directories under `runs/`; `medsum study report DIR` rebuilds it."
-    if any(g.model == "tiny" for g in report.variants):
-        text += ("\n\n**The `tiny` model is randomly initialised and trained for a few steps: its numbers show the "
+    if any(is_tiny(g.model) for g in report.variants):
+        text += ("\n\n**The tiny models are randomly initialised and trained for a few steps: its numbers show the "
                  "machinery, not which method is better.**")
     return text
 
