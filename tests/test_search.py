@@ -45,7 +45,7 @@ def spec_dict(trials: int = 3, seed: int = 1, **search) -> dict:
     ({"space": {"seed": {"int": [1, 4]}}}, "search.space.seed: cannot be searched"),
     ({"methods": {"prompt_tuning": {"method.r": {"int": [2, 8]}}}},
      "search.methods.prompt_tuning.method.r: method.r is not a setting of method prompt_tuning"),
-    ({"methods": {"ia3": {}}}, "search.methods: unknown method 'ia3'"),
+    ({"methods": {"lora_plus": {}}}, "search.methods: unknown method 'lora_plus'"),
     ({"metric": "test_rouge1"}, "search.metric: 'test_rouge1': the search selects on the validation split only"),
     ({"metric": "bleu"}, "search.metric: expected a validation metric"),
     ({"trials": 0}, "search.trials: expected the number of trials per method"),
