@@ -1,10 +1,10 @@
 """Per-example measures of a summary against its source, beyond ROUGE: length, compression, abstraction (novel
 n-grams, extractive fragments), repetition, unsupported numbers and readability.
 
-Tokenization, one for every word-based measure but readability: lower-cased words of ``[a-z0-9]+`` (``words``), as rouge-score
-tokenizes before stemming, so that "how much of the summary is copied" counts the same words ROUGE matches;
-punctuation and case never make a word novel ("Cancer," copies "cancer"). No stemming: an inflected form the source
-does not hold is a new word. Hyphens and decimal points split ("covid-19" -> covid, 19; "0.05" -> 0, 05).
+Tokenization, one for every word-based measure but readability: lower-cased words of ``[a-z0-9]+`` (``words``),
+as rouge-score tokenizes before stemming, so that "how much of the summary is copied" counts the same words ROUGE
+matches; punctuation and case never make a word novel ("Cancer," copies "cancer"). No stemming: an inflected form the
+source does not hold is a new word. Hyphens and decimal points split ("covid-19" -> covid, 19; "0.05" -> 0, 05).
 - length: ``words`` count; sentences by ``medsum.evaluate.split_sentences`` (the rougeLsum splitter).
 - novel n-gram rate (n = 1..4): the share of the summary's n-gram occurrences whose n-gram is not in the source.
 - fragment coverage and density (Grusky et al. 2018, Newsroom): the greedy longest shared fragments F of summary S

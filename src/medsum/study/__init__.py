@@ -5,7 +5,8 @@ into ``DIR/runs/<run>/`` with an executor (``study.executors``), then writes ``D
 Layout of a study directory:
     study.yaml        the spec of the last ``study run`` (with its command line), for the record
     .study.lock       held (flock) while a ``study run`` works here; .study.lock.json says by whom
-    runs/<run>/       one run directory each (see ``medsum.rundir``)
+    runs/<run>/       one run directory each (see ``medsum.rundir``); runs/baseline__<name>/ for each extractive
+                      baseline of the spec's ``baselines`` (``medsum.baselines``, written first, without training)
     report/           results.csv, summary.md, summary.tex, plots
 """
 
@@ -18,14 +19,16 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from medsum import rundir
+from medsum.baselines import BaselineRun, run_dir_name
 from medsum.config import parse_override
 from medsum.errors import MedsumError
 from medsum.report.runs import load_runs
-from medsum.study.spec import PlannedRun, StudySpec, expand, load_spec
+from medsum.study.spec import PlannedRun, StudySpec, baseline_config, expand, load_spec
 
 __all__ = ["run_study", "run_spec", "status_table", "study_lock", "load_spec", "expand"]
 
@@ -51,22 +54,27 @@ def run_spec(spec: StudySpec, output: Path, overrides: list[str], executor: str 
     if executor not in EXECUTORS:
         raise MedsumError(f"unknown executor {executor!r} (known: {', '.join(EXECUTORS)})")
     output = Path(output).resolve()  # run configs record absolute paths: the same from any cwd and any Ray worker
-    runs = expand(spec, [parse_override(item) for item in overrides], output)
+    parsed = [parse_override(item) for item in overrides]
+    runs = expand(spec, parsed, output)
+    baselines = plan_baselines(spec, parsed, output)
     # Ray is reached before anything is written: a missing extra or an unreachable cluster leaves no trace
     use_ray = executor == "ray" and any(not _finished(run) for run in runs)
     with executors.ray_session(ray_address) if use_ray else nullcontext() as ray, study_lock(output):
         _prepare(output, spec, runs, record or yaml.safe_dump(spec.__dict__, sort_keys=False))
+        _prepare_baselines(spec, baselines)
         pending = [run for run in runs if not _finished(run)]
         print(f"study {spec.name}: {len(runs)} runs, {len(runs) - len(pending)} already done, {len(pending)} to run "
               f"({executor} executor) -> {output}", flush=True)
+        statuses = executors.run_baselines(baselines)
         if ray is not None:
-            statuses = executors.run_ray(ray, pending, show_progress, spec.ray)
+            statuses.update(executors.run_ray(ray, pending, show_progress, spec.ray))
         else:
-            statuses = executors.run_local(pending, show_progress)
+            statuses.update(executors.run_local(pending, show_progress))
         report = write_report(output)
     print("\n" + summary_text(output) + f"\n\nreport: {report / 'summary.md'}", flush=True)
-    _raise_if_failed(statuses, len(runs), report)
-    return {run.name: statuses.get(run.name, "done") for run in runs}
+    _raise_if_failed(statuses, len(runs) + len(baselines), report)
+    names = [run.name for run in runs] + [run_dir_name(b.name) for b in baselines]
+    return {name: statuses.get(name, "done") for name in names}
 
 
 def _finished(run: PlannedRun) -> bool:
@@ -82,6 +90,25 @@ def _prepare(output: Path, spec: StudySpec, runs: list[PlannedRun], record: str)
         rundir.atomic_write_json(run_dir / rundir.MEMBERSHIP, planned.membership(spec.name))
         # we hold the lock, so no other study run can be training here: any marker is left by a dead process
         (run_dir / rundir.RUNNING).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------- baselines
+
+
+def plan_baselines(spec: StudySpec, overrides: list[tuple[str, Any]], output: Path) -> list[BaselineRun]:
+    """The study's extractive baselines, each in ``output/runs/baseline__<name>/``, on the base data settings."""
+    if not spec.baselines:
+        return []
+    cfg = baseline_config(spec, overrides)
+    return [BaselineRun(name, output / "runs" / run_dir_name(name), cfg.data, cfg.evaluate) for name in spec.baselines]
+
+
+def _prepare_baselines(spec: StudySpec, baselines: list[BaselineRun]) -> None:
+    """Creates each baseline's run directory with its study membership (``study status`` lists it as pending)."""
+    for baseline in baselines:
+        baseline.run_dir.mkdir(parents=True, exist_ok=True)
+        rundir.atomic_write_json(baseline.run_dir / rundir.MEMBERSHIP,
+                                 {"study": spec.name, "grid": True, "sweeps": {}, "baseline": baseline.name})
 
 
 def _raise_if_failed(statuses: dict[str, str], total: int, report: Path) -> None:

@@ -2,9 +2,10 @@
 
 A spec is ``name``, ``base`` (a run config tree), ``grid`` (dotted key -> values; the cartesian product),
 ``seeds``, ``methods`` (method name -> overrides applied to that method's runs), ``sweeps`` (name -> keys, exactly
-one of them a list: a one-factor sensitivity analysis around the grid's first point) and ``ray`` (resources of
-each run's Ray task). Layers, later ones winning: base < methods[method] < grid point or sweep point < command-line
-overrides. A ``method.*`` key belongs to the methods that have it: it is dropped for the others, so
+one of them a list: a one-factor sensitivity analysis around the grid's first point), ``ray`` (resources of
+each run's Ray task) and ``baselines`` (extractive baselines, ``medsum.baselines``: run without training on the
+base data settings, ``baseline_config``). Layers, later ones winning: base < methods[method] < grid point or sweep
+point < command-line overrides. A ``method.*`` key belongs to the methods that have it: it is dropped for the others, so
 ``grid: {method.name: [lora, full], method.r: [8, 16]}`` gives full fine-tuning once per seed, not twice.
 """
 
@@ -25,7 +26,7 @@ from medsum.errors import MedsumError
 from medsum.methods import DEFAULT_METHOD, METHODS
 from medsum.settings import flatten, read_yaml
 
-SPEC_KEYS = ("name", "description", "base", "grid", "seeds", "methods", "sweeps", "ray")
+SPEC_KEYS = ("name", "description", "base", "grid", "seeds", "methods", "sweeps", "ray", "baselines")
 STUDY_OWNED_KEYS = ("name", "output_dir", "seed")  # the study names runs, places them and takes seeds from `seeds`
 RAY_KEYS = ("num_cpus", "num_gpus")
 
@@ -39,6 +40,7 @@ class StudySpec:
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
     sweeps: dict[str, dict[str, Any]] = field(default_factory=dict)
     ray: dict[str, float] = field(default_factory=dict)
+    baselines: list[str] = field(default_factory=list)  # extractive baselines (medsum.baselines), run untrained
 
 
 @dataclass
@@ -75,7 +77,7 @@ def spec_from_dict(data: dict, source: str, default_name: str = "study") -> Stud
               for name, keys in _mapping(data.get("sweeps"), "sweeps", errors).items()}
     spec = StudySpec(name=str(data.get("name") or default_name), base=_nested(base), grid=grid,
                      seeds=_seeds(data.get("seeds", [1]), errors), methods=methods, sweeps=sweeps,
-                     ray=_ray(data.get("ray"), errors))
+                     ray=_ray(data.get("ray"), errors), baselines=_baselines(data.get("baselines"), errors))
     errors += _key_errors(spec)
     if errors:
         raise MedsumError(f"{source}: " + "; ".join(errors))
@@ -128,6 +130,33 @@ def _ray(value: Any, errors: list[str]) -> dict[str, float]:
         elif isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
             errors.append(f"ray.{key}: expected a number >= 0, got {amount!r}")
     return ray
+
+
+def _baselines(value: Any, errors: list[str]) -> list[str]:
+    """``baselines: [lead, lexrank, textrank, oracle]``: known names, each once."""
+    from medsum.baselines import BASELINES
+
+    if value is None:
+        return []
+    names = value if isinstance(value, list) else [value]
+    unknown = [name for name in names if name not in BASELINES]
+    if unknown:
+        errors.append(f"baselines: unknown baseline {unknown[0]!r} (known: {', '.join(BASELINES)})")
+        return []
+    if len(set(names)) != len(names):
+        errors.append(f"baselines: repeated baseline in {names}")
+        return []
+    return list(names)
+
+
+def baseline_config(spec: StudySpec, overrides: list[tuple[str, Any]]) -> RunConfig:
+    """The settings the study's baselines use: ``base``'s data.* and evaluate.* with the command-line overrides of
+    those sections, so that they are tested on the same rows as every run of the base settings."""
+    tree = {section: copy.deepcopy(spec.base.get(section) or {}) for section in ("data", "evaluate")}
+    for key, value in overrides:
+        if key.split(".")[0] in tree:
+            set_dotted(tree, key, copy.deepcopy(value))
+    return config_from_dict(tree, "baselines")
 
 
 def _key_errors(spec: StudySpec) -> list[str]:
