@@ -240,7 +240,8 @@ def abstraction_plot(groups: list[Group]):
     axes.set_xlabel("novel bigrams of the summary absent from the source (%)")
     axes.set_ylabel(ROUGE_AXIS)
     axes.set_title("Copying versus abstraction: ROUGE-1 vs novel-bigram rate")
-    axes.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if axes.get_legend_handles_labels()[0]:  # runs from before the measures have no point to show
+        axes.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axes.grid(alpha=0.3)
     return figure
 
