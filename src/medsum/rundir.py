@@ -10,7 +10,8 @@ A run directory (written by ``medsum.train``; read by the study, the report and 
     tokenizer/           the tokenizer
     test_predictions.partial.jsonl   the test pass's finished batches while it runs (reused after a crash)
     predictions.jsonl    one line per test example: id, prediction, reference, its ROUGE, and "measures"
-                         (``medsum.measures.measure``: length, novel n-grams, coverage, numbers, readability)
+                         (``medsum.measures.measure``: length, novel n-grams, coverage, numbers, readability), and
+                         "model_metrics" where evaluate.* names local models (``medsum.model_metrics``)
     metrics.json         written last (``Metrics``): its presence marks the run finished
 An extractive baseline's run directory (``medsum.baselines``, ``runs/baseline__<name>`` in a study) holds
 config.yaml (its data settings), predictions.jsonl and metrics.json (``BaselineMetrics``) only.

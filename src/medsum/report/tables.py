@@ -188,7 +188,7 @@ def _rate(values: list[float]) -> str:
     return f"{_mean(values):,.0f}" if values else "–"
 
 
-def _sweep_section(name: str, key: str, groups: list[Group], baselines: list[Group]) -> str:
+def _sweep_section(name: str, key: str, groups: list[Group], baselines: list[Group] = ()) -> str:
     title = names_of(key, groups[0].method if groups else None).title
     rows = [[_plain(g.sweep_value), g.model, g.method, str(len(g.runs))]
             + [mean_pm_sd(g.values("test", k)) for k in ROUGE_KEYS]
