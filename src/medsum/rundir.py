@@ -54,6 +54,7 @@ METRICS = "metrics.json"
 MEMBERSHIP = "study.json"
 RUNNING = "running.json"
 ERROR = "error.txt"
+SEARCH = "search"  # a study's DIR/runs/search/<model>/<method>/trial-N/: the search's trials, run directories too
 # what a run writes, all removed when it starts over (--force); a study's membership stays
 OUTPUTS = (CHECKPOINTS, ADAPTER, MODEL, BASE_MODEL, TOKENIZER, PREDICTIONS, METRICS, TRAIN_LOG, CONFIG, ERROR,
            PARTIAL_PREDICTIONS)

@@ -37,6 +37,10 @@ def write_plots(report: Report, folder: Path) -> list[str]:
         written += _save(efficiency_frontier(report.variants, report.baselines), folder, "efficiency_frontier")
     if report.groups or report.baselines:
         written += _save(abstraction_plot(report.groups + report.baselines), folder, "rouge1_vs_novel_bigrams")
+    if report.trials:
+        from medsum.report.search import write_trial_plots
+
+        written += write_trial_plots(report, folder, _save)
     return written
 
 

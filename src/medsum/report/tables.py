@@ -25,9 +25,10 @@ if TYPE_CHECKING:
 METRIC_SECTIONS = ("test", "validation", "params", "efficiency", "hardware")
 
 
-def write_tables(report: Report, folder: Path) -> None:
+def write_tables(report: Report, folder: Path, sections: list[str] = ()) -> None:
+    """``sections``: more of summary.md, after the significance tests (the search's: ``report.search``)."""
     atomic_write_text(folder / "results.csv", results_csv(report))
-    atomic_write_text(folder / "summary.md", summary_markdown(report))
+    atomic_write_text(folder / "summary.md", summary_markdown(report, sections))
     atomic_write_text(folder / "summary.tex", summary_latex(report))
 
 
@@ -121,7 +122,7 @@ def console_table(report: Report) -> str:
     return markdown_table(header, rouge_rows(with_baselines(report)))
 
 
-def summary_markdown(report: Report) -> str:
+def summary_markdown(report: Report, sections: list[str] = ()) -> str:
     from medsum.report import beyond
 
     parts = [f"# Study {report.study}: results", _status_line(report)]
@@ -132,6 +133,7 @@ def summary_markdown(report: Report) -> str:
         parts += [_significance_section(report), beyond.measure_significance_section(report)]
     if report.baselines:
         parts.append(beyond.baselines_section(report))
+    parts += sections
     if report.failed():
         parts.append(_failed_section(report))
     if report.plots:
