@@ -61,19 +61,40 @@ def test_unsupported_numbers_are_numbers_absent_from_the_source():
     assert m["unsupported_number_rate"] == pytest.approx(2 / 3)
 
 
-def test_syllable_heuristic():
-    # vowel runs: m[a]k[e] -> 2 less the silent final e = 1; t[a]bl[e] keeps its "le"; b[e] has only one run
-    assert [measures.syllables(w) for w in ("make", "table", "be", "rhythm", "summary", "3")] == [1, 2, 1, 1, 3, 1]
-
-
-def test_readability_by_the_published_formulas():
+def test_readability_by_the_published_formulas_on_textstats_counts():
     m = measures.measure("The cat sat. A dog ran away.", SOURCE)
-    # 7 words, 2 sentences, syllables 1+1+1+1+1+1+2 (a-way) = 8, letters 3+3+3+1+3+3+4 = 20
+    # 7 words, 2 sentences, syllables (CMU dictionary) 1+1+1+1+1+1+2 (a-way) = 8, letters 3+3+3+1+3+3+4 = 20
     # FKGL = 0.39 * 7/2 + 11.8 * 8/7 - 15.59 = 1.365 + 13.485714 - 15.59 = -0.739286
-    assert m["flesch_kincaid_grade"] == pytest.approx(0.39 * 7 / 2 + 11.8 * 8 / 7 - 15.59)
     assert m["flesch_kincaid_grade"] == pytest.approx(-0.739286, abs=1e-6)
-    # L = 20 / 7 * 100 = 285.714, S = 2 / 7 * 100 = 28.571; CLI = 0.0588 L - 0.296 S - 15.8 = -7.457143
-    assert m["coleman_liau"] == pytest.approx(-7.457143, abs=1e-6)
+    # L = 20 / 7 * 100 = 285.714, S = 2 / 7 * 100 = 28.571; CLI = 0.058 L - 0.296 S - 15.8 = -7.685714
+    assert m["coleman_liau"] == pytest.approx(-7.685714, abs=1e-6)
+
+
+def test_readability_syllables_come_from_the_cmu_dictionary_then_pyphen():
+    m = measures.measure("Every patient recovered. Fibrosarcoma was rare in mice.", SOURCE)
+    # 8 words, 2 sentences; syllables ev-e-ry 3 (CMU's first pronunciation), pa-tient 2, re-cov-ered 3,
+    # fibrosarcoma 4 (not in CMU: Pyphen's 3 hyphenation points + 1), was, rare, in, mice 1 each = 16
+    # FKGL = 0.39 * 8/2 + 11.8 * 16/8 - 15.59 = 1.56 + 23.6 - 15.59 = 9.57
+    assert m["flesch_kincaid_grade"] == pytest.approx(9.57, abs=1e-9)
+    # letters 5+7+9+12+3+4+2+4 = 46: L = 575, S = 25; CLI = 0.058 * 575 - 0.296 * 25 - 15.8 = 10.15
+    assert m["coleman_liau"] == pytest.approx(10.15, abs=1e-9)
+
+
+def test_readability_runs_without_network_access(tmp_path):
+    """textstat 0.7.10+ download NLTK's cmudict at run time; the pinned release must not need the network."""
+    import subprocess
+    import sys
+
+    code = ("import socket\n"
+            "def refuse(*args, **kwargs):\n    raise OSError('network disabled by the test')\n"
+            "socket.socket.connect = refuse\nsocket.create_connection = refuse\n"
+            f"import nltk\nnltk.data.path[:] = [{str(tmp_path)!r}]\n"
+            "from medsum import measures\n"
+            "print(measures.measure('Every patient recovered. Fibrosarcoma was rare.', 'x')['flesch_kincaid_grade'])")
+    # and an empty NLTK data path: a corpus downloaded earlier cannot stand in for the dictionary either
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.strip()) > 0
 
 
 def test_an_empty_summary_gives_zero_counts_and_undefined_ratios():

@@ -257,3 +257,128 @@ def test_a_running_marker_of_a_live_process_counts_as_running(synthetic):
 def test_a_folder_without_runs_is_refused(tmp_path):
     with pytest.raises(MedsumError, match="no runs/ folder"):
         write_report(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- baselines, measures
+
+
+def _measured(words: float, novel: float) -> dict:
+    from medsum.measures import MEASURES
+
+    return {**dict.fromkeys(MEASURES), "words": words, "novel_1gram_rate": novel, "novel_2gram_rate": novel,
+            "coverage": 1 - novel, "density": 2.0, "flesch_kincaid_grade": 12.0}
+
+
+def make_measured(root: Path, name: str, seed: int, shift: float, words: float, novel: float, *,
+                  baseline: str | None = None, model_metric: float | None = None, empty: int = 0) -> dict:
+    """A finished run (or, with ``baseline``, a baseline run directory) whose rows carry measures: ``words + i``
+    words and novel rates ``novel`` for example i."""
+    from medsum.measures import row_means
+
+    run = root / "runs" / name
+    rows = [{"id": f"ex{i}", "prediction": "p", "reference": "r",
+             **{k: 30.0 + shift + i % 5 - 5 * j for j, k in enumerate(ROUGE)}, "measures": _measured(words + i, novel),
+             **({"model_metrics": {"bertscore_f1": model_metric}} if model_metric is not None else {})}
+            for i in range(20)]
+    rundir.write_predictions(run, rows)
+    test = {k: statistics.mean(r[k] for r in rows) for k in ROUGE} | {
+        "empty_predictions": empty, "examples": 20, "measures": row_means(rows)}
+    if model_metric is not None:
+        test["model_metrics"] = {"bertscore_f1": model_metric, "bertscore_model": "/models/tiny-bert"}
+    if baseline:
+        rundir.write_config(run, {"baseline": baseline, "data": {"max_source_tokens": 512}})
+        metrics = rundir.BaselineMetrics(
+            model="extractive", method=baseline, seed=None, params={"trainable": 0, "total": 0}, test=test, rouge={},
+            versions={}, baseline={"name": baseline, "description": f"the {baseline} baseline", "word_budget": 100,
+                                   "word_budget_from": "mean reference length", "uses_budget": baseline != "oracle"})
+    else:
+        rundir.write_config(run, {"name": name, "seed": seed, "model": {"name": "tiny"}, "method": {"name": "lora"}})
+        metrics = rundir.Metrics(model="tiny", method="lora", method_config={}, seed=seed,
+                                 params={"trainable": 1000, "total": 10_000, "trainable_pct": 10.0}, test=test)
+    rundir.atomic_write_json(run / rundir.MEMBERSHIP, {"study": "measured", "grid": True, "sweeps": {},
+                                                       **({"baseline": baseline} if baseline else {})})
+    return rundir.write_metrics(run, metrics)
+
+
+@pytest.fixture
+def with_baselines(tmp_path):
+    """lora over 2 seeds (60 + i words, 40% novel), lead (100 + i words, a copy, BERTScore 0.9) and the oracle."""
+    for seed in (1, 2):
+        make_measured(tmp_path, f"tiny__lora__s{seed}", seed, 0.0, 60.0, 0.4, empty=seed)
+    make_measured(tmp_path, "baseline__lead", 0, -5.0, 100.0, 0.0, baseline="lead", model_metric=0.9)
+    make_measured(tmp_path, "baseline__oracle", 0, 20.0, 80.0, 0.0, baseline="oracle")
+    return tmp_path
+
+
+def test_baselines_are_rows_of_every_table_and_compared_with_each_variant(with_baselines):
+    report = build_report(with_baselines)
+    assert [g.label for g in report.baselines] == ["lead", "oracle (extractive upper bound)"]
+    pairs = {(c.a, c.b) for c in report.comparisons}
+    assert pairs == {("lora", "lead"), ("lora", "oracle (extractive upper bound)")}  # baselines not with each other
+    summary = (write_report(with_baselines) / "summary.md").read_text()
+    main = summary.split("## Beyond ROUGE")[0]
+    assert "| extractive | lead | – |" in main and "| extractive | oracle (extractive upper bound) | – |" in main
+    assert "## Baselines" in summary and "the lead baseline | 100 |" in summary
+    tex = (with_baselines / "report" / "summary.tex").read_text()
+    assert "extractive & lead" in tex
+    rows = list(csv.DictReader(open(with_baselines / "report" / "results.csv")))
+    assert {r["run"] for r in rows} >= {"baseline__lead", "baseline__oracle"}
+
+
+def test_the_beyond_rouge_table_holds_each_measure_over_seeds(with_baselines):
+    summary = (write_report(with_baselines) / "summary.md").read_text()
+    beyond = summary.split("## Beyond ROUGE")[1].split("## Cost")[0]
+    lora = next(line for line in beyond.splitlines() if line.startswith("| tiny | lora |"))
+    cells = [c.strip() for c in lora.split("|")[1:-1]]
+    # empty predictions 1 and 2 of 20: 5% and 10%; words 60..79: mean 69.5 in both seeds; novel unigrams 40%
+    assert cells[3:7] == ["7.50 ± 3.54", "69.50 ± 0.00", "–", "–"]
+    assert cells[7] == "40.00 ± 0.00" and cells[11] == "60.00 ± 0.00"  # novel 1-grams, coverage (%)
+    lead = next(line for line in beyond.splitlines() if line.startswith("| extractive | lead |"))
+    assert "109.50 ± –" in lead and "0.00 ± –" in lead
+    assert "BERTScore F1" in beyond and "0.90 ± –" in beyond  # lead has it: the model-based column appears
+    assert "95% confidence intervals" in beyond
+
+
+def test_paired_tests_on_the_measures_with_their_own_holm_family(with_baselines):
+    report = build_report(with_baselines)
+    words = next(c for c in report.measure_comparisons if (c.a, c.b, c.metric) == ("lora", "lead", "words"))
+    assert words.result.n == 20 and words.result.difference == pytest.approx(-40.0)  # 60 + i against 100 + i
+    assert words.p_holm < 0.05
+    assert {c.metric for c in report.measure_comparisons} >= {"novel_2gram_rate", "coverage", "flesch_kincaid_grade"}
+    summary = (write_report(with_baselines) / "summary.md").read_text()
+    section = summary.split("## Significance beyond ROUGE")[1]
+    assert "**-40.00 (p" in section and "+40.00 (p" in section  # words; novel 1-grams in percent points
+
+
+def test_the_report_says_which_tokenization_and_which_model_metrics_were_skipped(with_baselines):
+    summary = (write_report(with_baselines) / "summary.md").read_text()
+    notes = summary.split("## Notes")[1]
+    assert "lower-cased `[a-z0-9]+` words" in notes and "textstat 0.7.8" in notes and "rouge-score's tokenizer" in notes
+    assert "**BERTScore**: from the local model /models/tiny-bert (1 of 4 runs)" in notes
+    assert "**NLI faithfulness**: skipped (evaluate.nli_model is not set" in notes
+
+
+def test_the_abstraction_plot_and_baseline_reference_lines(with_baselines):
+    folder = write_report(with_baselines)
+    for stem in ("rouge1_vs_novel_bigrams", "methods_tiny", "efficiency_frontier"):
+        assert (folder / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    svg = (folder / "methods_tiny.svg").read_text()
+    assert "lead (baseline)" in svg and "oracle (extractive upper bound)" in svg
+    assert "novel-bigram rate" in (folder / "rouge1_vs_novel_bigrams.svg").read_text()
+
+
+def test_a_study_of_baselines_alone_compares_them(tmp_path):
+    make_measured(tmp_path, "baseline__lead", 0, -5.0, 100.0, 0.0, baseline="lead")
+    make_measured(tmp_path, "baseline__oracle", 0, 20.0, 80.0, 0.0, baseline="oracle")
+    report = build_report(tmp_path)
+    assert {(c.a, c.b) for c in report.comparisons} == {("lead", "oracle (extractive upper bound)")}
+    assert "| extractive | lead |" in summary_text(tmp_path)
+
+
+def test_sweep_tables_and_plots_show_the_baselines(synthetic):
+    root, _ = synthetic
+    make_measured(root, "baseline__lead", 0, -5.0, 100.0, 0.0, baseline="lead")
+    folder = write_report(root)
+    sweep = (folder / "summary.md").read_text().split("## Sensitivity")[1]
+    assert "| baseline | extractive | lead | – |" in sweep
+    assert "lead (baseline)" in (folder / "sweep_lora_rank.svg").read_text()

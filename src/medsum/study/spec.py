@@ -3,10 +3,12 @@
 A spec is ``name``, ``base`` (a run config tree), ``grid`` (dotted key -> values; the cartesian product),
 ``seeds``, ``methods`` (method name -> overrides applied to that method's runs), ``sweeps`` (name -> keys, exactly
 one of them a list: a one-factor sensitivity analysis around the grid's first point), ``ray`` (resources of
-each run's Ray task) and ``search`` (``medsum.study.search``: each grid variant tuned before the grid runs).
-Layers, later ones winning: base < methods[method] < the search's chosen values < grid point or sweep point <
-command-line overrides. A ``method.*`` key belongs to the methods that have it: it is dropped for the others, so
-``grid: {method.name: [lora, full], method.r: [8, 16]}`` gives full fine-tuning once per seed, not twice.
+each run's Ray task), ``search`` (``medsum.study.search``: each grid variant tuned before the grid runs) and
+``baselines`` (extractive baselines, ``medsum.baselines``: run without training on the base data settings,
+``baseline_config``). Layers, later ones winning: base < methods[method] < the search's chosen values < grid point
+or sweep point < command-line overrides. A ``method.*`` key belongs to the methods that have it: it is dropped for
+the others, so ``grid: {method.name: [lora, full], method.r: [8, 16]}`` gives full fine-tuning once per seed, not
+twice.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from medsum.methods import DEFAULT_METHOD, METHODS
 from medsum.settings import flatten, read_yaml
 from medsum.study.search import SearchSpec, parse_search, point_key
 
-SPEC_KEYS = ("name", "description", "base", "grid", "seeds", "methods", "sweeps", "ray", "search")
+SPEC_KEYS = ("name", "description", "base", "grid", "seeds", "methods", "sweeps", "ray", "search", "baselines")
 STUDY_OWNED_KEYS = ("name", "output_dir", "seed")  # the study names runs, places them and takes seeds from `seeds`
 RAY_KEYS = ("num_cpus", "num_gpus")
 
@@ -42,6 +44,7 @@ class StudySpec:
     sweeps: dict[str, dict[str, Any]] = field(default_factory=dict)
     ray: dict[str, float] = field(default_factory=dict)
     search: SearchSpec | None = None
+    baselines: list[str] = field(default_factory=list)  # extractive baselines (medsum.baselines), run untrained
 
 
 @dataclass
@@ -83,7 +86,8 @@ def spec_from_dict(data: dict, source: str, default_name: str = "study") -> Stud
     seeds = _seeds(data.get("seeds", [1]), errors)
     spec = StudySpec(name=str(data.get("name") or default_name), base=_nested(base), grid=grid, seeds=seeds,
                      methods=methods, sweeps=sweeps, ray=_ray(data.get("ray"), errors),
-                     search=parse_search(data.get("search"), seeds[0] if seeds else 1, errors))
+                     search=parse_search(data.get("search"), seeds[0] if seeds else 1, errors),
+                     baselines=_baselines(data.get("baselines"), errors))
     errors += _key_errors(spec) + _search_conflicts(spec)
     if errors:
         raise MedsumError(f"{source}: " + "; ".join(errors))
@@ -136,6 +140,33 @@ def _ray(value: Any, errors: list[str]) -> dict[str, float]:
         elif isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
             errors.append(f"ray.{key}: expected a number >= 0, got {amount!r}")
     return ray
+
+
+def _baselines(value: Any, errors: list[str]) -> list[str]:
+    """``baselines: [lead, lexrank, textrank, oracle]``: known names, each once."""
+    from medsum.baselines import BASELINES
+
+    if value is None:
+        return []
+    names = value if isinstance(value, list) else [value]
+    unknown = [name for name in names if name not in BASELINES]
+    if unknown:
+        errors.append(f"baselines: unknown baseline {unknown[0]!r} (known: {', '.join(BASELINES)})")
+        return []
+    if len(set(names)) != len(names):
+        errors.append(f"baselines: repeated baseline in {names}")
+        return []
+    return list(names)
+
+
+def baseline_config(spec: StudySpec, overrides: list[tuple[str, Any]]) -> RunConfig:
+    """The settings the study's baselines use: ``base``'s data.* and evaluate.* with the command-line overrides of
+    those sections, so that they are tested on the same rows as every run of the base settings."""
+    tree = {section: copy.deepcopy(spec.base.get(section) or {}) for section in ("data", "evaluate")}
+    for key, value in overrides:
+        if key.split(".")[0] in tree:
+            set_dotted(tree, key, copy.deepcopy(value))
+    return config_from_dict(tree, "baselines")
 
 
 def _key_errors(spec: StudySpec) -> list[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from medsum import rundir
-from medsum.evaluate import SENTENCE_SPLITTER
+from medsum.evaluate import ROUGE_SETTINGS
 from medsum.evaluation import validation_rows
 from medsum.methods import METHODS
 from medsum.models import is_tiny
@@ -50,13 +50,11 @@ def write_results(setup_: Setup, run_dir: Path, progress: Progress, test_summary
         "adapter_bytes": weight_bytes,
         "precision": cfg.train.precision,
     }
-    rouge = {"package": "rouge-score", "use_stemmer": True, "f1_x100": True,
-             "references": "full reference text from the data", "rougeLsum_sentence_splitter": SENTENCE_SPLITTER}
     metrics = rundir.Metrics(
         model=cfg.model.name, method=cfg.method.name, method_config={**method_config, **setup_.method_info},
         seed=cfg.seed, params=setup_.params, validation=_validation_summary(setup_, progress), test=test_summary,
         efficiency=efficiency, stopped_early=progress.stopped_early, hardware=_hardware(setup_.accelerator),
-        rouge=rouge, versions=_versions())
+        rouge=dict(ROUGE_SETTINGS), versions=_versions())
     return rundir.write_metrics(run_dir, metrics)
 
 
