@@ -328,3 +328,16 @@ def test_what_peft_refuses_is_one_line_naming_the_method(family_source):
             wrapped(family_source("t5"), "fourierft-5000")
     finally:
         del SPECS["fourierft-5000"]
+
+
+@pytest.mark.slow
+def test_full_fine_tuning_keeps_pegasus_sinusoidal_positions_frozen(family_source):
+    """PEGASUS builds its position tables frozen (fixed sinusoids, not weights to learn): full fine-tuning trains every
+    other weight, and the run's count and `medsum params` both leave the tables out."""
+    source = family_source("pegasus")
+    model, params, cfg = wrapped(source, "full")
+    frozen = {name: p.numel() for name, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and all("embed_positions" in name for name in frozen)
+    counts = count_parameters(model)
+    assert counts["trainable"] == counts["total"] - sum(frozen.values())
+    assert counts["trainable"] == count_for_config(cfg)["trainable_params"]

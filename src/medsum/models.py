@@ -58,6 +58,9 @@ class ModelFamily:
     # proves identical sequences and scores against stock generate
     skip_cross_attention_reorder: bool = False
     position_limit_key: str | None = None  # config key bounding the source length (learned/sinusoidal positions)
+    # parameter-name fragments of weights the architecture computes rather than learns (PEGASUS's sinusoidal position
+    # tables): they stay frozen under full fine-tuning, as the model's own code builds them
+    fixed_weights: tuple[str, ...] = ()
 
 
 _T5 = ModuleRoles(query=("q",), key=("k",), value=("v",), output=("o",), feed_forward=("wi", "wi_0", "wi_1", "wo"),
@@ -115,7 +118,8 @@ FAMILIES: dict[str, ModelFamily] = {
     "bart": ModelFamily("bart", "", _BART, fp16_safe=True, dropout_keys=_BART_DROPOUT, tiny=_TINY_BART,
                         skip_cross_attention_reorder=True, position_limit_key="max_position_embeddings"),
     "pegasus": ModelFamily("pegasus", "", _BART, fp16_safe=False, dropout_keys=_BART_DROPOUT, tiny=_TINY_PEGASUS,
-                           skip_cross_attention_reorder=True, position_limit_key="max_position_embeddings"),
+                           skip_cross_attention_reorder=True, position_limit_key="max_position_embeddings",
+                           fixed_weights=("embed_positions",)),
 }
 
 # model.name values of the tiny models: `tiny-<model_type>` for each family with a recipe; `tiny` is tiny-t5

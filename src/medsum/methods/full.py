@@ -1,4 +1,4 @@
-"""Full fine-tuning: every weight of the model trains."""
+"""Full fine-tuning: every weight of the model trains, except those the family table names fixed."""
 
 from __future__ import annotations
 
@@ -14,8 +14,11 @@ class FullConfig(MethodConfig):
 
 
 def apply(model, cfg: FullConfig, ctx: ModelContext):
-    for parameter in model.parameters():
-        parameter.requires_grad_(True)
+    # A weight the family table names fixed stays frozen: PEGASUS's sinusoidal position tables are a function of the
+    # position (2,097,152 of pegasus-pubmed's weights), not something to learn; loading a checkpoint leaves them
+    # trainable although the model's code builds them frozen. On T5 and BART this is every weight, as before.
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(not any(fragment in name for fragment in ctx.family.fixed_weights))
     return model
 
 
