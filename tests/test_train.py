@@ -5,6 +5,7 @@ method) and inspected here."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -13,7 +14,7 @@ import yaml
 from rouge_score import rouge_scorer
 
 from conftest import METHOD_SEEDS, read_jsonl, tiny_overrides, tiny_run_config
-from medsum import evaluation, measures, train
+from medsum import evaluation, measures, rundir, train
 from medsum.accounting import count_for_config
 from medsum.cli import main
 from medsum.config import load_run_config, save_run_config
@@ -286,6 +287,20 @@ def test_unfinished_run_with_another_config_is_refused(tmp_path):
     (tmp_path / "checkpoints" / "step-2").mkdir(parents=True)
     train.prepare_run_dir(tmp_path, cfg, force=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # --force removes only medsum's outputs
+
+
+def test_an_unfinished_run_from_before_new_settings_resumes(tmp_path):
+    """config.yaml written before medsum gained settings (here evaluate.* and LoRA's init) lacks them: their defaults
+    fill in, so the run resumes; a saved value that differs is still refused."""
+    cfg = tiny_run_config(tmp_path, "lora")
+    tree = dataclasses.asdict(cfg)
+    del tree["evaluate"], tree["method"]["init"]
+    rundir.write_config(tmp_path, tree)
+    train.prepare_run_dir(tmp_path, cfg, force=False)
+    tree["train"]["max_steps"] += 1
+    rundir.write_config(tmp_path, tree)
+    with pytest.raises(MedsumError, match="different config.yaml"):
+        train.prepare_run_dir(tmp_path, cfg, force=False)
 
 
 @pytest.mark.parametrize("override, message", [

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from medsum import evaluation, rundir
-from medsum.config import RunConfig, save_run_config
+from medsum.config import RunConfig, config_from_dict, config_to_dict, save_run_config
 from medsum.errors import MedsumError
 from medsum.evaluate import ROUGE_KEYS
 from medsum.partial_predictions import PartialPredictions
@@ -54,10 +54,22 @@ def prepare_run_dir(run_dir: Path, cfg: RunConfig, force: bool) -> None:
     if force:
         rundir.clear_outputs(run_dir)
         return
-    previous = rundir.read_config(run_dir)
+    previous = _saved_config(run_dir)
     if previous and previous != dataclasses.asdict(cfg):
         raise MedsumError(f"output_dir {run_dir} holds an unfinished run with a different {rundir.CONFIG}; "
                           f"use another output_dir, or --force to start over")
+
+
+def _saved_config(run_dir: Path) -> dict:
+    """The unfinished run's config.yaml, with settings medsum gained since it was written filled in by their defaults
+    (a run begun before an upgrade resumes, as the defaults keep its behaviour); as written when it no longer loads."""
+    tree = rundir.read_config(run_dir)
+    if not tree:
+        return {}
+    try:
+        return config_to_dict(config_from_dict(tree, str(run_dir / rundir.CONFIG)))
+    except MedsumError:
+        return tree
 
 
 def finish(setup_: Setup, progress: Progress, summary: dict, rows: list[dict], seconds: float,
