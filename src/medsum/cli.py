@@ -10,8 +10,14 @@ import warnings
 from pathlib import Path
 
 from medsum.errors import MedsumError
+from medsum.preemption import Preempted
 
 EXAMPLES_TRAIN = """\
+preemption: SIGTERM (a SLURM preemption, a Kubernetes eviction) or SIGINT (Ctrl-C) ends the optimizer step under
+  way (and a validation due at it), writes a checkpoint to RUN_DIR/checkpoints/step-N/ and exits with 128 + the
+  signal's number: 143 after SIGTERM, 130 after SIGINT. The same command resumes from that checkpoint to the same
+  result as an uninterrupted run. Exit codes: 0 done, 1 internal error, 2 bad input, 143/130 stopped by a signal.
+
 examples:
   medsum train configs/lora.yaml
   medsum train model.name=tiny data.path=../shared/data/sumpubmed method.name=prompt_tuning seed=3 output_dir=runs/pt-s3
@@ -50,7 +56,8 @@ def _method_labels() -> str:
 def _add_train(sub) -> None:
     p = sub.add_parser(
         "train", help=f"train one run ({_method_labels()}) into a run directory",
-        description="Train, select on validation ROUGE-1, test with beam search and write one run directory.",
+        description="Train, select on validation ROUGE-1, test with beam search and write one run directory. "
+                    "Rerunning the same command resumes an unfinished run from its newest checkpoint.",
         epilog=EXAMPLES_TRAIN + "\n" + _config_reference(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("items", nargs="*", metavar="[CONFIG] key=value", help="optional YAML config, then overrides")
     p.add_argument("--force", action="store_true", help="retrain even if output_dir holds a finished run")
@@ -162,8 +169,12 @@ def cmd_train(args) -> int:
 
 
 def _launch_processes(nproc: int, items: list[str], args) -> int:
-    """Re-runs this command under torchrun with ``nproc`` processes (gloo on CPU, NCCL on GPUs)."""
+    """Re-runs this command under torchrun with ``nproc`` processes (gloo on CPU, NCCL on GPUs). A stop signal
+    sent to this process is passed on (torchrun hands it to every process, which checkpoint and stop together)."""
+    import signal
     import subprocess
+
+    from medsum.preemption import STOP_SIGNALS, exit_code
 
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "medsum"] + (["--debug"] if args.debug else []) + ["train", *items]
@@ -171,7 +182,21 @@ def _launch_processes(nproc: int, items: list[str], args) -> int:
         command.append("--force")
     if args.quiet:
         command.append("--quiet")
-    return subprocess.call(command, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    child = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    received: list[int] = []
+
+    def forward(signum, frame) -> None:
+        if not received:
+            received.append(signum)
+            child.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in STOP_SIGNALS}
+    try:
+        code = child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return exit_code(received[0]) if received and code != 0 else code
 
 
 def cmd_params(args) -> int:
@@ -284,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         return COMMANDS[args.command](args)
+    except Preempted as stopped:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"medsum: {stopped}", file=sys.stderr)
+        return stopped.exit_code
     except MedsumError as err:
         if args.debug:
             raise
