@@ -114,12 +114,24 @@ def _add_use(sub) -> None:
     p.add_argument("run", metavar="RUN_DIR")
     p.add_argument("--output", required=True, metavar="DIR")
     p.add_argument("--merge", action="store_true", help="merge LoRA weights into the base model (no peft needed)")
-    p = sub.add_parser("serve", help="serve a trained run over HTTP (FastAPI)")
-    p.add_argument("--run", required=True, metavar="RUN_DIR")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-body-bytes", type=int, default=1_000_000)
-    p.add_argument("--max-texts", type=int, default=16)
+    p = sub.add_parser(
+        "serve", help="serve a trained run over HTTP (FastAPI)",
+        description="Serves RUN_DIR's summariser over HTTP: POST /summarize, GET /health, the OpenAPI page at "
+                    "/docs and its schema at /openapi.json (which states every rule and status). Requests arriving "
+                    "together share one generate() call. Details: docs/serving.md.",
+        epilog="example:\n  medsum serve --run runs/tiny-lora --port 9000 --max-texts 32",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="a finished run directory (holding metrics.json)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default: 127.0.0.1, this machine only; there is no authentication)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port to listen on (default: 8000; 0: any free one)")
+    p.add_argument("--max-body-bytes", type=int, default=1_000_000, metavar="N",
+                   help="refuse request bodies larger than N bytes with 413, before holding them (default: 1000000)")
+    p.add_argument("--max-texts", type=int, default=16, metavar="N",
+                   help='at most N texts in one request\'s "texts" (default: 16)')
+    p.add_argument("--max-queue", type=int, default=256, metavar="N",
+                   help="at most N texts wait for generation; a request beyond that is answered 503 with "
+                        "Retry-After (default: 256; at least --max-texts)")
 
 
 def _add_evaluate(sub) -> None:
@@ -261,7 +273,8 @@ def cmd_export(args) -> int:
 def cmd_serve(args) -> int:
     from medsum.serve import serve
 
-    serve(args.run, host=args.host, port=args.port, max_body_bytes=args.max_body_bytes, max_texts=args.max_texts)
+    serve(args.run, host=args.host, port=args.port, max_body_bytes=args.max_body_bytes, max_texts=args.max_texts,
+          max_queue=args.max_queue)
     return 0
 
 
