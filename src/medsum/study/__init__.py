@@ -26,6 +26,7 @@ from medsum.config import parse_override
 from medsum.errors import MedsumError
 from medsum.report.runs import load_runs
 from medsum.study.spec import PlannedRun, StudySpec, expand, load_spec
+from medsum.train.tracking import TrackingPlace
 
 __all__ = ["run_study", "run_spec", "status_table", "study_lock", "load_spec", "expand"]
 
@@ -59,10 +60,11 @@ def run_spec(spec: StudySpec, output: Path, overrides: list[str], executor: str 
         pending = [run for run in runs if not _finished(run)]
         print(f"study {spec.name}: {len(runs)} runs, {len(runs) - len(pending)} already done, {len(pending)} to run "
               f"({executor} executor) -> {output}", flush=True)
+        place = TrackingPlace(spec.name, output)  # one experiment per study, its store in the study directory
         if ray is not None:
-            statuses = executors.run_ray(ray, pending, show_progress, spec.ray)
+            statuses = executors.run_ray(ray, pending, show_progress, spec.ray, place)
         else:
-            statuses = executors.run_local(pending, show_progress)
+            statuses = executors.run_local(pending, show_progress, place)
         report = write_report(output)
     print("\n" + summary_text(output) + f"\n\nreport: {report / 'summary.md'}", flush=True)
     _raise_if_failed(statuses, len(runs), report)
@@ -150,7 +152,7 @@ def status_table(output: Path) -> str:
     lines.append(f"{'run':<{width}}  {'status':<8}  {'ROUGE-1':>7}  detail")
     for record in records:
         rouge1 = record.metrics.get("test", {}).get("rouge1")
-        detail = record.error if record.status == "failed" else ""
+        detail = record.error if record.status in ("failed", "interrupted") else ""
         if record.status == "running":
             marker = rundir.running_process(record.path) or {}
             detail = f"pid {marker.get('pid')} on {marker.get('host')}"
