@@ -69,8 +69,8 @@ def start_server(run_dir: Path, port: int, max_queue: int) -> subprocess.Popen:
     raise RuntimeError("medsum serve did not answer /health within 300 s")
 
 
-def post(url: str, text: str) -> tuple[int, float]:
-    body = json.dumps({"text": text}).encode()
+def post(url: str, text: str, settings: dict) -> tuple[int, float]:
+    body = json.dumps({"text": text, **settings}).encode()
     request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
     start = time.perf_counter()
     try:
@@ -82,7 +82,7 @@ def post(url: str, text: str) -> tuple[int, float]:
     return status, time.perf_counter() - start
 
 
-def level(base: str, texts: list[str], clients: int, min_requests: int) -> dict:
+def level(base: str, texts: list[str], clients: int, min_requests: int, settings: dict) -> dict:
     """``clients`` threads posting back to back until ``min_requests`` (at least one each) are answered."""
     per_client = max(1, math.ceil(min_requests / clients))
     results: list[tuple[int, float]] = []
@@ -91,7 +91,7 @@ def level(base: str, texts: list[str], clients: int, min_requests: int) -> dict:
     def client(k: int) -> None:
         go.wait()
         for i in range(per_client):
-            outcome = post(base + "/summarize", texts[(k * per_client + i) % len(texts)])
+            outcome = post(base + "/summarize", texts[(k * per_client + i) % len(texts)], settings)
             with lock:
                 results.append(outcome)
 
@@ -124,6 +124,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 16, 64], help="concurrency levels")
     parser.add_argument("--min-requests", type=int, default=16, help="requests per level, at least")
     parser.add_argument("--model", choices=("tiny",), default="tiny", help="the model of the default run")
+    parser.add_argument("--num-beams", type=int, default=None, help="sent with each request (default: the run's)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="sent with each request (default: the run's)")
     common.add_machine_flags(parser)
     parser.set_defaults(report=SERVING_MD)
     args = parser.parse_args()
@@ -134,19 +136,22 @@ def main() -> None:
         server = start_server(run_dir, port, max_queue=max(256, max(args.clients)))
         try:
             texts = articles(args.data, max(args.clients) + args.min_requests)
-            rows = [level(f"http://127.0.0.1:{port}", texts, c, args.min_requests) for c in args.clients]
+            settings = {k: v for k, v in (("num_beams", args.num_beams), ("max_new_tokens", args.max_new_tokens))
+                        if v is not None}
+            rows = [level(f"http://127.0.0.1:{port}", texts, c, args.min_requests, settings) for c in args.clients]
         finally:
             server.terminate()
             server.wait(timeout=60)
-    report(rows, run_dir if args.run else "a tiny LoRA run (4 steps) trained by the script")
+    report(rows, run_dir if args.run else "a tiny LoRA run (4 steps) trained by the script", settings)
 
 
-def report(rows: list[dict], what: str) -> None:
+def report(rows: list[dict], what: str, settings: dict) -> None:
     table = common.markdown_table(
         ["concurrent clients", "requests", "answered 200", "p50 latency s", "p95 latency s", "throughput req/s",
          "generate() calls"],
         [[r["clients"], r["requests"], r["ok"], r["p50"], r["p95"], r["throughput"], r["batches"]] for r in rows])
-    notes = (f"Served: {what}, with its generate.* settings; each request one {ARTICLE_CHARS:,}-character test "
+    asked = f" except {', '.join(f'{k}={v}' for k, v in settings.items())}" if settings else ""
+    notes = (f"Served: {what}, with its generate.* settings{asked}; each request one {ARTICLE_CHARS:,}-character test "
              f"article. Requests that arrive together share one generate() call, so latency grows with the batch "
              f"while throughput rises.")
     common.report("Serving under load: latency and throughput (medsum serve)", table, notes)

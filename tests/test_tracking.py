@@ -64,7 +64,8 @@ def test_the_mlflow_run_holds_the_train_log_config_and_tags(tracked_run):
     experiment = client.get_experiment_by_name("lora-s1")  # a lone run's experiment: its name
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED" and run.info.run_name == "lora-s1"
-    assert {k: run.data.tags[k] for k in ("model", "method", "seed")} == {"model": "tiny", "method": "lora", "seed": "1"}
+    tags = {k: run.data.tags[k] for k in ("model", "method", "seed")}
+    assert tags == {"model": "tiny", "method": "lora", "seed": "1"}
 
     def history(key: str) -> dict[int, float]:
         return {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
