@@ -181,12 +181,13 @@ def cmd_train(args) -> int:
 
 
 def _launch_processes(nproc: int, items: list[str], args) -> int:
-    """Re-runs this command under torchrun with ``nproc`` processes (gloo on CPU, NCCL on GPUs). A stop signal
-    sent to this process is passed on (torchrun hands it to every process, which checkpoint and stop together)."""
+    """Re-runs this command under torchrun with ``nproc`` processes (gloo on CPU, NCCL on GPUs). SIGTERM sent to
+    this process is passed on (torchrun hands it to every process, which checkpoint and stop together); SIGINT
+    (Ctrl-C) reaches them from the terminal already."""
     import signal
     import subprocess
 
-    from medsum.preemption import STOP_SIGNALS, exit_code
+    from medsum.preemption import exit_code
 
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "medsum"] + (["--debug"] if args.debug else []) + ["train", *items]
@@ -197,12 +198,13 @@ def _launch_processes(nproc: int, items: list[str], args) -> int:
     child = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
     received: list[int] = []
 
-    def forward(signum, frame) -> None:
+    def note(signum, frame) -> None:
         if not received:
             received.append(signum)
-            child.send_signal(signum)
+            if signum == signal.SIGTERM:
+                child.send_signal(signum)
 
-    previous = {s: signal.signal(s, forward) for s in STOP_SIGNALS}
+    previous = {s: signal.signal(s, note) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         code = child.wait()
     finally:

@@ -20,7 +20,7 @@ from medsum.preemption import Preempted
 from medsum.train.build import Setup, check_inputs, setup
 from medsum.train.loop import Progress, train_loop
 from medsum.train.results import reset_peak_memory, save_weights, write_results
-from medsum.train.tracking import Trackers, TrackingPlace, final_test_values
+from medsum.train.tracking import Trackers, TrackingPlace
 
 __all__ = ["run", "setup", "check_inputs", "Setup", "prepare_run_dir", "Preempted", "TrackingPlace"]
 
@@ -41,7 +41,7 @@ def run(cfg: RunConfig, force: bool = False, show_progress: bool = True,
     try:
         progress = train_loop(setup_, setup_.cfg.run_dir, show_progress, trackers)
         summary, *test_result = evaluation.test(setup_, show_progress, setup_.cfg.run_dir)
-        trackers.log(final_test_values(summary), progress.best_step)
+        trackers.log_test(summary)
         metrics = finish(setup_, progress, summary, *test_result)
     except Preempted:
         trackers.close("KILLED")

@@ -111,6 +111,7 @@ class Trackers:
         self.place = place
         self.active = bool(setup_ is not None and setup_.cfg.train.report_to)
         self.started = False
+        self.last_step = 0
 
     @classmethod
     def none(cls) -> Trackers:
@@ -120,6 +121,7 @@ class Trackers:
         """Starts every tracker; a run resumed after ``first_step`` continues where its earlier attempt was."""
         if not self.active or self.started or not self.setup_.accelerator.is_main_process:
             return
+        self.last_step = first_step
         cfg, accelerator = self.setup_.cfg, self.setup_.accelerator
         place = self.place or TrackingPlace.of_run(cfg)
         with preserved_rng():
@@ -134,8 +136,15 @@ class Trackers:
 
     def log(self, values: dict[str, float], step: int) -> None:
         if self.started:
+            self.last_step = max(self.last_step, step)
             with preserved_rng():
                 self.setup_.accelerator.log(values, step=step)
+
+    def log_test(self, summary: dict[str, Any]) -> None:
+        """The test metrics (the numbers at the summary's top level), at the last step logged: W&B drops a step
+        older than the newest it has seen."""
+        self.log({f"test/{k}": float(v) for k, v in summary.items()
+                  if isinstance(v, (int, float)) and not isinstance(v, bool)}, self.last_step)
 
     def close(self, outcome: str = "FINISHED") -> None:
         """Ends every tracker; ``outcome`` (FINISHED | KILLED | FAILED) is the MLflow run's status."""
@@ -175,9 +184,3 @@ def _unfinished_mlflow_run(place: TrackingPlace, cfg: RunConfig) -> str | None:
     runs = client.search_runs([experiment.experiment_id], f"tags.`{RUN_DIR_TAG}` = '{run_dir}'",
                               order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0].info.run_id if runs and runs[0].info.status != "FINISHED" else None
-
-
-def final_test_values(summary: dict[str, Any]) -> dict[str, float]:
-    """The test metrics worth a tracker's chart: the numbers at the summary's top level."""
-    return {f"test/{k}": float(v) for k, v in summary.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
