@@ -152,8 +152,7 @@ def report(rows: list[dict], what: str, settings: dict) -> None:
         [[r["clients"], r["requests"], r["ok"], r["p50"], r["p95"], r["throughput"], r["batches"]] for r in rows])
     asked = f" except {', '.join(f'{k}={v}' for k, v in settings.items())}" if settings else ""
     notes = (f"Served: {what}, with its generate.* settings{asked}; each request one {ARTICLE_CHARS:,}-character test "
-             f"article. Requests that arrive together share one generate() call, so latency grows with the batch "
-             f"while throughput rises.")
+             f"article. Requests that arrive together share one generate() call (the last column).")
     common.report("Serving under load: latency and throughput (medsum serve)", table, notes)
 
 
