@@ -36,12 +36,17 @@ def articles(data_dir: Path, n: int) -> list[str]:
     return [texts[i % len(texts)] for i in range(n)]
 
 
-def train_tiny_run(data_dir: Path, target: Path) -> Path:
+def train_tiny_run(data_dir: Path, target: Path, settings: dict) -> Path:
+    """A tiny LoRA run; ``settings`` (the requests' generation settings) also make its own test pass cheaper."""
     from medsum.config import load_run_config
     from medsum.train import run
 
+    generate = [f"generate.{k}={v}" for k, v in settings.items()]
+    if "max_new_tokens" in settings:
+        generate.append(f"generate.min_new_tokens={min(30, settings['max_new_tokens'])}")
     cfg = load_run_config(None, ["model.name=tiny", f"data.path={data_dir}", "method.name=lora", "train.max_steps=4",
-                                 "data.max_train_examples=16", "data.max_eval_examples=2", f"output_dir={target}"])
+                                 "data.max_train_examples=16", "data.max_eval_examples=2", f"output_dir={target}",
+                                 *generate])
     run(cfg, show_progress=False)
     return target
 
@@ -130,14 +135,14 @@ def main() -> None:
     parser.set_defaults(report=SERVING_MD)
     args = parser.parse_args()
     common.apply_machine_flags(args)
+    settings = {k: v for k, v in (("num_beams", args.num_beams), ("max_new_tokens", args.max_new_tokens))
+                if v is not None}
     with tempfile.TemporaryDirectory() as scratch:
-        run_dir = args.run or train_tiny_run(args.data, Path(scratch) / "tiny-lora")
+        run_dir = args.run or train_tiny_run(args.data, Path(scratch) / "tiny-lora", settings)
         port = free_port()
         server = start_server(run_dir, port, max_queue=max(256, max(args.clients)))
         try:
             texts = articles(args.data, max(args.clients) + args.min_requests)
-            settings = {k: v for k, v in (("num_beams", args.num_beams), ("max_new_tokens", args.max_new_tokens))
-                        if v is not None}
             rows = [level(f"http://127.0.0.1:{port}", texts, c, args.min_requests, settings) for c in args.clients]
         finally:
             server.terminate()
