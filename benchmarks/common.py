@@ -80,11 +80,14 @@ def read_rows(data_dir: Path, split: str, limit: int | None = None) -> list[dict
 def _build_small(target: Path, data_dir: Path) -> None:
     import torch
 
-    from medsum.models import build_from_config, flan_t5_config, train_tiny_tokenizer, untie_lm_head
+    from medsum.models import FAMILIES, build_from_config, untie_lm_head
+    from medsum.shipped_configs import shipped_config
+    from medsum.tiny_models import train_tokenizer
 
-    config = flan_t5_config(SMALL_LAYOUT)
+    config = shipped_config(SMALL_LAYOUT)
     rows = read_rows(data_dir, "train", TOKENIZER_TRAINING_ROWS)
-    tokenizer = train_tiny_tokenizer([t for r in rows for t in (r["article"], r["abstract"])], config.vocab_size)
+    texts = [t for r in rows for t in (r["article"], r["abstract"])]
+    tokenizer = train_tokenizer(texts, FAMILIES["t5"].tiny, config.vocab_size)
     if len(tokenizer) != config.vocab_size:  # the layout (and every FLOP count) assumes flan-t5-small's vocabulary
         raise RuntimeError(f"tokenizer has {len(tokenizer)} pieces, expected {config.vocab_size}")
     with torch.random.fork_rng():
@@ -98,7 +101,7 @@ def _build_small(target: Path, data_dir: Path) -> None:
 
 
 def _build_tiny(target: Path, data_dir: Path) -> None:
-    from medsum.models import TINY_TOKENIZER_MAX_EXAMPLES, tiny_model_dir
+    from medsum.tiny_models import TINY_TOKENIZER_MAX_EXAMPLES, tiny_model_dir
 
     rows = read_rows(data_dir, "train", TINY_TOKENIZER_MAX_EXAMPLES)
     texts = [t for r in rows for t in (r["article"], r["abstract"])]

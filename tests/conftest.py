@@ -99,7 +99,7 @@ def tiny_splits(data_dir):
 @pytest.fixture(scope="session")
 def tiny_source(tiny_splits) -> Path:
     """The tiny model directory (model + tokenizer), the same one the tiny runs use."""
-    from medsum.models import tiny_model_dir
+    from medsum.tiny_models import tiny_model_dir
 
     return tiny_model_dir([t for e in tiny_splits["train"] for t in (e.source, e.target)])
 

@@ -112,18 +112,17 @@ def test_overrides_after_options_are_gathered(monkeypatch):
     assert (cfg.seed, cfg.method.name, force) == (9, "full", True)
 
 
-def help_blocks(text: str) -> dict[str, str]:
-    """`--help`'s config reference: key -> its help text (wrapped lines joined)."""
+def help_blocks(text: str) -> list[tuple[str, str]]:
+    """`--help`'s config reference: (key, its help text with wrapped lines joined), in order (a key several methods
+    share, such as method.r, appears once per method)."""
     reference = text[text.index("config keys"):].splitlines()[1:]
-    blocks: dict[str, str] = {}
-    key = None
+    blocks: list[tuple[str, str]] = []
     for line in reference:
         if line.startswith("  ") and not line.startswith("   "):
-            key = line.strip()
-            blocks[key] = ""
-        elif key:
-            blocks[key] += " " + line.strip()
-    return {k: v.strip() for k, v in blocks.items()}
+            blocks.append((line.strip(), ""))
+        elif blocks:
+            blocks[-1] = (blocks[-1][0], f"{blocks[-1][1]} {line.strip()}".strip())
+    return blocks
 
 
 def test_train_help_lists_every_key_with_its_default(capsys):
@@ -131,11 +130,12 @@ def test_train_help_lists_every_key_with_its_default(capsys):
         main(["train", "--help"])
     assert info.value.code == 0
     text = capsys.readouterr().out
-    blocks = help_blocks(text)
+    listed = help_blocks(text)
     rows = help_lines()
-    assert set(blocks) == {key for key, _, _ in rows}
-    for key, default, _ in rows:
-        assert blocks[key].endswith(f"[{default}]"), f"{key}: {blocks[key]!r} does not end with [{default}]"
+    assert [key for key, _ in listed] == [key for key, _, _ in rows]
+    for (key, block), (_, default, _) in zip(listed, rows):
+        assert block.endswith(f"[{default}]"), f"{key}: {block!r} does not end with [{default}]"
+    blocks = dict(listed)
     assert blocks["generate.num_beams"].endswith("[4]")
     assert blocks["train.learning_rate"].endswith("[null]")
     assert "medsum train configs/lora.yaml" in text  # examples open the help

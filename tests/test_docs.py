@@ -33,3 +33,13 @@ def test_shipped_configs_are_valid():
         cfg = load_run_config(path)
         assert cfg.method.name == path.stem
         assert path.read_text().startswith(f"# medsum train configs/{path.name}")
+
+
+def test_readme_methods_table_matches_the_method_modules():
+    from medsum.methods.catalog import markdown_table
+
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- methods:start -->\n(.*?)\n<!-- methods:end -->", text, re.S)
+    assert block, "README.md lacks the methods markers"
+    assert block.group(1).strip() == markdown_table().strip(), \
+        "README methods table is stale: regenerate it from medsum.methods.catalog.markdown_table()"

@@ -15,11 +15,11 @@ from medsum.errors import MedsumError
 from medsum.models import (
     checkpoint_has_own_lm_head,
     count_parameters,
-    flan_t5_config,
     load_config,
     load_pretrained,
     meta_model,
 )
+from medsum.shipped_configs import shipped_config
 
 
 def count(model: str, method: str, *overrides: str) -> dict:
@@ -72,7 +72,7 @@ def test_params_cli_prints_a_table(capsys):
 
 
 def test_shipped_configs_are_the_released_ones():
-    config = flan_t5_config("google/flan-t5-large")
+    config = shipped_config("google/flan-t5-large")
     assert (config.d_model, config.d_ff, config.num_heads, config.num_layers, config.vocab_size) == \
         (1024, 2816, 16, 24, 32128)
     assert config.feed_forward_proj == "gated-gelu"
@@ -179,7 +179,7 @@ def test_tiny_counts_agree_between_meta_and_loaded_model(data_dir, tiny_source):
 
 
 def test_tiny_model_dir_is_cached(tiny_splits, tiny_source):
-    from medsum.models import tiny_model_dir
+    from medsum.tiny_models import tiny_model_dir
 
     stamp = (tiny_source / "config.json").stat().st_mtime_ns
     again = tiny_model_dir([t for e in tiny_splits["train"] for t in (e.source, e.target)])
@@ -190,10 +190,10 @@ def test_tiny_model_dir_is_cached(tiny_splits, tiny_source):
 def test_hub_config_is_used_when_reachable_and_must_agree(monkeypatch):
     import transformers
 
-    hub = flan_t5_config("google/flan-t5-small")
+    hub = shipped_config("google/flan-t5-small")
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", lambda name, **kwargs: hub)
     assert load_config("google/flan-t5-small") is hub
-    different = flan_t5_config("google/flan-t5-small")
+    different = shipped_config("google/flan-t5-small")
     different.d_ff = 2048
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", lambda name, **kwargs: different)
     with pytest.raises(MedsumError, match="d_ff"):

@@ -1,6 +1,6 @@
 """Cut-then-tokenize gives exactly the ids of tokenizing the full text and truncating, for the three tokenizer
 kinds of the supported families, built offline on the real sample: T5-style unigram (SentencePiece, Metaspace),
-BART-style byte-level BPE, and PEGASUS-style unigram."""
+BART-style byte-level BPE, and PEGASUS-style unigram, and the byte-level BPE of medsum's tiny BART."""
 
 from __future__ import annotations
 
@@ -60,6 +60,15 @@ def pegasus_style(corpus):
                                    unk_token="<unk>", mask_token="<mask_2>")
 
 
+def medsum_tiny_bart(corpus):
+    """The byte-level BPE that medsum's tiny-bart trains (built with tokenizers' parts, not ByteLevelBPETokenizer);
+    the tiny unigram tokenizers are t5_style's and pegasus_style's kind."""
+    from medsum.models import FAMILIES
+    from medsum.tiny_models import train_tokenizer
+
+    return train_tokenizer(_training_texts(corpus), FAMILIES["bart"].tiny, 3000)
+
+
 # Texts with more characters a token than the cut assumes (a frequent long word, runs of spaces): the cut text
 # yields fewer ids than the limit, and the full text must be tokenized instead. Then digits and symbols (a token a
 # character or two).
@@ -67,7 +76,8 @@ SPARSE = ["expression " * 3000, "gene expression " * 2000]
 DENSE = ["7 3 9 1 " * 400, "α=0.05, β=1.2; γ<3 " * 300]
 
 
-@pytest.fixture(scope="module", params=[t5_style, bart_style, pegasus_style], ids=lambda build: build.__name__)
+@pytest.fixture(scope="module", params=[t5_style, bart_style, pegasus_style, medsum_tiny_bart],
+                ids=lambda build: build.__name__)
 def tokenizer(request, corpus):
     return request.param(corpus)
 

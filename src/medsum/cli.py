@@ -76,6 +76,13 @@ def _add_params(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def _add_methods(sub) -> None:
+    sub.add_parser("methods", help="list the adaptation methods: what trains, their settings and defaults",
+                   description="Every adaptation method medsum offers (method.name=...), what it trains, its "
+                               "settings (method.KEY=VALUE) with their defaults, its default learning rate and its "
+                               "source, and the model families the test matrix trains it on.")
+
+
 def _add_study(sub) -> None:
     p = sub.add_parser("study", help="run, inspect and report a whole comparison (models x methods x seeds)")
     study = p.add_subparsers(dest="study_command", required=True, metavar="{run,status,report}")
@@ -151,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
     _add_params(sub)
+    _add_methods(sub)
     _add_study(sub)
     _add_demo(sub)
     _add_use(sub)
@@ -237,6 +245,21 @@ def cmd_params(args) -> int:
     return 0
 
 
+def cmd_methods(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from medsum.methods.catalog import COLUMNS, catalog_rows
+
+    table = Table(title="adaptation methods (method.name=...)", show_lines=True)
+    for column in COLUMNS:
+        table.add_column(column, no_wrap=column == "method", overflow="fold")
+    for row in catalog_rows():
+        table.add_row(*row)
+    Console().print(table)
+    return 0
+
+
 def cmd_study(args) -> int:
     from medsum import study
 
@@ -290,7 +313,7 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "params": cmd_params, "study": cmd_study, "demo": cmd_demo,
+COMMANDS = {"train": cmd_train, "params": cmd_params, "methods": cmd_methods, "study": cmd_study, "demo": cmd_demo,
             "summarize": cmd_summarize, "export": cmd_export, "serve": cmd_serve,
             "evaluate": cmd_evaluate}
 

@@ -52,8 +52,10 @@ _PROBABILITY = Bound(0, 1, high_open=True)
 class ModelConfig:
     name: str = setting(
         "tiny",
-        "A hub id (google/flan-t5-large), a local model directory, or `tiny`: a small randomly initialised T5 "
-        "in the Flan-T5 layout with a tokenizer trained on the run's training text (fully offline).",
+        "A hub id (google/flan-t5-large, facebook/bart-large, google/pegasus-pubmed, google/long-t5-tglobal-base), "
+        "a local model directory, or an offline tiny model: tiny-t5 (alias tiny: the Flan-T5 layout), tiny-bart, "
+        "tiny-pegasus, tiny-longt5 (transient-global attention), randomly initialised, with a tokenizer of the "
+        "family's kind trained on the run's training text.",
     )
     dropout: float | None = setting(
         None, "Dropout probability of the model's own layers (T5: dropout_rate; BART/PEGASUS: dropout, attention "
@@ -105,7 +107,7 @@ class TrainConfig:
     max_grad_norm: float = setting(1.0, "Gradient clipping norm; 0 disables clipping.", bound=_NON_NEGATIVE)
     precision: str = setting(
         "auto", "auto | fp32 | bf16 | fp16. auto: bf16 on a GPU that supports it, else fp32. fp16 is refused for "
-                "T5 (it overflows)."
+                "the families whose activations overflow it (T5, LongT5, mT5, PEGASUS)."
     )
     gradient_checkpointing: bool = setting(False, "Trade compute for memory (recomputes activations).")
     compile: bool = setting(False, "torch.compile the training forward pass (GPUs; the first steps compile).")

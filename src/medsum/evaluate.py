@@ -113,9 +113,15 @@ def _beam_search_cache(model, num_beams: int):
     cross-attention entries are the encoder's keys and values, identical for every beam of an input, and a beam's
     parent is always a beam of the same input, so reordering them (the default) copies every layer's encoder states
     once per generated token for no change. Skipping it gives the same texts and cuts 4-beam test generation by
-    about 40% on CPU (docs/performance.md). Returns None (let generate build its default) where it does not apply.
+    about 40% on CPU (docs/performance.md). Returns None (let generate build its default) where it does not apply:
+    greedy search, and families whose identical beams the tests have not proven (``skip_cross_attention_reorder``).
     """
-    if num_beams <= 1 or not getattr(model.config, "is_encoder_decoder", False):
+    from medsum.models import FAMILIES
+
+    if num_beams <= 1:
+        return None
+    family = FAMILIES.get(getattr(model.config, "model_type", ""))
+    if family is None or not family.skip_cross_attention_reorder:
         return None
     from transformers import DynamicCache
 

@@ -1,22 +1,22 @@
-"""Models: the model-family table, loading (hub id, local directory, the offline `tiny` model), and
-parameter accounting.
+"""Models: the model-family table, loading (hub id, local directory, a tiny model's directory), and parameter
+accounting.
 
-Everything family-specific (input prefix, module names by role, fp16 safety) lives in ``FAMILIES``; the rest of
-medsum asks this table instead of assuming T5.
+Everything family-specific (input prefix, module names by role, fp16 safety, the offline tiny model's recipe,
+which generation shortcuts are proven) lives in ``FAMILIES``, with the released checkpoints' configurations in
+``shipped_configs``; the rest of medsum asks this table instead of assuming T5. The tiny models are built from
+their recipes by ``tiny_models``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medsum import rundir
 from medsum.errors import MedsumError
+from medsum.shipped_configs import SHIPPED_CONFIGS, check_against_hub, is_shipped, shipped_config
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,22 @@ class ModuleRoles:
     value: tuple[str, ...]
     output: tuple[str, ...]
     feed_forward: tuple[str, ...]  # T5 v1.0 has wi/wo, the gated Flan-T5 wi_0/wi_1/wo
+    feed_forward_output: tuple[str, ...] = ()  # the feed-forward's output projection (IA3 scales its input)
+    layer_norm: tuple[str, ...] = ()  # every layer norm (LayerNorm tuning; PEFT knows none for PEGASUS, LongT5)
+
+
+@dataclass(frozen=True)
+class TinyRecipe:
+    """A family's offline tiny model: its configuration at toy size, and a tokenizer of the family's kind trained on
+    the run's training text. The same text always gives the same tokenizer and weights (seeded init)."""
+
+    architecture: dict[str, Any]  # the sizes
+    layout: dict[str, Any]  # the rest of the configuration: activation, special-token ids, attention type
+    tokenizer: str  # "unigram" (SentencePiece-style, as T5 and PEGASUS) or "byte-level-bpe" (as BART)
+    special_tokens: tuple[str, ...]  # in id order from 0
+    token_roles: dict[str, str]  # PreTrainedTokenizer keyword -> special token: {"pad_token": "<pad>", ...}
+    own_lm_head: bool  # untie lm_head and scale it to unit-size initial logits (the T5 v1.1 layout)
+    version: str  # part of the cache key: change it when the recipe changes
 
 
 @dataclass(frozen=True)
@@ -35,22 +51,75 @@ class ModelFamily:
     model_type: str
     prefix: str  # input prefix the family was instruction-tuned with
     modules: ModuleRoles
-    fp16_safe: bool  # False: activations overflow fp16 (T5: transformers #9295, #10956)
+    fp16_safe: bool  # False: activations overflow fp16 (T5: transformers #9295, #10956; PEGASUS: its model docs)
     dropout_keys: tuple[str, ...]  # config attributes holding the layers' dropout probabilities (model.dropout)
+    tiny: TinyRecipe | None = None  # the offline `tiny-<model_type>` model
+    # beam search may skip reordering the cross-attention cache (evaluate.py): only where tests/test_families.py
+    # proves identical sequences and scores against stock generate
+    skip_cross_attention_reorder: bool = False
+    position_limit_key: str | None = None  # config key bounding the source length (learned/sinusoidal positions)
 
 
-_T5 = ModuleRoles(query=("q",), key=("k",), value=("v",), output=("o",), feed_forward=("wi", "wi_0", "wi_1", "wo"))
+_T5 = ModuleRoles(query=("q",), key=("k",), value=("v",), output=("o",), feed_forward=("wi", "wi_0", "wi_1", "wo"),
+                  feed_forward_output=("wo",), layer_norm=("layer_norm", "final_layer_norm"))
+# BART's and PEGASUS's layer norms together (a name a model lacks matches nothing): PEGASUS ends each stack with
+# layer_norm, BART normalises its embeddings (layernorm_embedding)
 _BART = ModuleRoles(query=("q_proj",), key=("k_proj",), value=("v_proj",), output=("out_proj",),
-                    feed_forward=("fc1", "fc2"))
+                    feed_forward=("fc1", "fc2"), feed_forward_output=("fc2",),
+                    layer_norm=("self_attn_layer_norm", "encoder_attn_layer_norm", "final_layer_norm",
+                                "layernorm_embedding", "layer_norm"))
 _T5_DROPOUT = ("dropout_rate",)
 _BART_DROPOUT = ("dropout", "attention_dropout", "activation_dropout")
+
+# The tiny models: 2 + 2 layers, d_model 64, 4 heads, no dropout (on CPU the attention-dropout mask costs a third of
+# a toy model's step). The T5 recipe is the original `tiny` model's, unchanged (same cache key, same weights).
+TINY_ARCHITECTURE = dict(d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=2, num_decoder_layers=2,
+                         relative_attention_num_buckets=32, relative_attention_max_distance=128)
+_T5_TOKENS = ("<pad>", "</s>", "<unk>")
+_T5_ROLES = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
+_T5_IDS = dict(decoder_start_token_id=0, eos_token_id=1, pad_token_id=0)
+_TINY_T5 = TinyRecipe(
+    TINY_ARCHITECTURE, dict(feed_forward_proj="gated-gelu", dropout_rate=0.0, tie_word_embeddings=False, **_T5_IDS),
+    "unigram", _T5_TOKENS, _T5_ROLES, own_lm_head=True, version="v2")
+# transient-global attention with long-t5-tglobal-base's radius and global block (at 16 and 8, a 4,096-token step
+# took 2.5x as long on CPU)
+_TINY_LONGT5 = TinyRecipe(
+    {**TINY_ARCHITECTURE, "local_radius": 127, "global_block_size": 16},
+    dict(encoder_attention_type="transient-global", feed_forward_proj="gated-gelu", dropout_rate=0.0,
+         tie_word_embeddings=False, **_T5_IDS),
+    "unigram", _T5_TOKENS, _T5_ROLES, own_lm_head=True, version="longt5-v1")
+_BART_SIZES = dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+                   encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=1024)
+_BART_NO_DROPOUT = dict(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+_TINY_BART = TinyRecipe(
+    _BART_SIZES,
+    dict(activation_function="gelu", bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2,
+         forced_eos_token_id=2, **_BART_NO_DROPOUT),
+    "byte-level-bpe", ("<s>", "<pad>", "</s>", "<unk>", "<mask>"),
+    {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>", "mask_token": "<mask>"},
+    own_lm_head=False, version="bart-v1")
+_TINY_PEGASUS = TinyRecipe(
+    _BART_SIZES,
+    dict(activation_function="relu", scale_embedding=True, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+         forced_eos_token_id=1, **_BART_NO_DROPOUT),
+    "unigram", ("<pad>", "</s>", "<mask_1>", "<mask_2>", "<unk>"),
+    {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>", "mask_token": "<mask_2>"},
+    own_lm_head=False, version="pegasus-v1")
+
 FAMILIES: dict[str, ModelFamily] = {
-    "t5": ModelFamily("t5", "summarize: ", _T5, fp16_safe=False, dropout_keys=_T5_DROPOUT),
-    "longt5": ModelFamily("longt5", "summarize: ", _T5, fp16_safe=False, dropout_keys=_T5_DROPOUT),
+    "t5": ModelFamily("t5", "summarize: ", _T5, fp16_safe=False, dropout_keys=_T5_DROPOUT, tiny=_TINY_T5,
+                      skip_cross_attention_reorder=True),
+    "longt5": ModelFamily("longt5", "summarize: ", _T5, fp16_safe=False, dropout_keys=_T5_DROPOUT, tiny=_TINY_LONGT5,
+                          skip_cross_attention_reorder=True),
     "mt5": ModelFamily("mt5", "summarize: ", _T5, fp16_safe=False, dropout_keys=_T5_DROPOUT),
-    "bart": ModelFamily("bart", "", _BART, fp16_safe=True, dropout_keys=_BART_DROPOUT),
-    "pegasus": ModelFamily("pegasus", "", _BART, fp16_safe=True, dropout_keys=_BART_DROPOUT),
+    "bart": ModelFamily("bart", "", _BART, fp16_safe=True, dropout_keys=_BART_DROPOUT, tiny=_TINY_BART,
+                        skip_cross_attention_reorder=True, position_limit_key="max_position_embeddings"),
+    "pegasus": ModelFamily("pegasus", "", _BART, fp16_safe=False, dropout_keys=_BART_DROPOUT, tiny=_TINY_PEGASUS,
+                           skip_cross_attention_reorder=True, position_limit_key="max_position_embeddings"),
 }
+
+# model.name values of the tiny models: `tiny-<model_type>` for each family with a recipe; `tiny` is tiny-t5
+TINY_MODELS: dict[str, str] = {"tiny": "t5", **{f"tiny-{t}": t for t, f in FAMILIES.items() if f.tiny is not None}}
 
 
 def family_of(config: Any) -> ModelFamily:
@@ -60,44 +129,16 @@ def family_of(config: Any) -> ModelFamily:
     return FAMILIES[model_type]
 
 
-# The released Flan-T5 checkpoints' configurations (huggingface.co/google/flan-t5-*/config.json), so that their
-# architecture (and parameter count) is known offline. All: vocabulary 32,128, gated-gelu, untied lm_head.
-_FLAN_T5_SHARED = dict(
-    vocab_size=32128, feed_forward_proj="gated-gelu", d_kv=64, relative_attention_num_buckets=32,
-    relative_attention_max_distance=128, dropout_rate=0.1, layer_norm_epsilon=1e-6, decoder_start_token_id=0,
-    eos_token_id=1, pad_token_id=0, tie_word_embeddings=False,
-)
-FLAN_T5_CONFIGS: dict[str, dict[str, int]] = {
-    "google/flan-t5-small": dict(d_model=512, d_ff=1024, num_heads=6, num_layers=8, num_decoder_layers=8),
-    "google/flan-t5-base": dict(d_model=768, d_ff=2048, num_heads=12, num_layers=12, num_decoder_layers=12),
-    "google/flan-t5-large": dict(d_model=1024, d_ff=2816, num_heads=16, num_layers=24, num_decoder_layers=24),
-    "google/flan-t5-xl": dict(d_model=2048, d_ff=5120, num_heads=32, num_layers=24, num_decoder_layers=24),
-    "google/flan-t5-xxl": dict(d_model=4096, d_ff=10240, num_heads=64, num_layers=24, num_decoder_layers=24),
-}
-
-# The offline `tiny` model: the Flan-T5 layout (gated-gelu, relative attention, untied lm_head) at toy size.
-TINY_ARCHITECTURE = dict(d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=2, num_decoder_layers=2,
-                         relative_attention_num_buckets=32, relative_attention_max_distance=128)
-TINY_VOCAB_SIZE = 4000
-TINY_TOKENIZER_MAX_EXAMPLES = 200  # the tokenizer trains on at most this many training examples (a few seconds)
-TINY_INIT_SEED = 0  # the tiny "pretrained" base is the same for every run seed, as a real checkpoint would be
+def is_tiny(name: str) -> bool:
+    """True for the offline tiny models' names (`tiny`, `tiny-t5`, `tiny-bart`, ...)."""
+    return name in TINY_MODELS
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("MEDSUM_CACHE", Path.home() / ".cache" / "medsum"))
 
 
-def is_known_flan_t5(name: str) -> bool:
-    return name in FLAN_T5_CONFIGS
-
-
-def flan_t5_config(name: str):
-    from transformers import T5Config
-
-    return T5Config(**_FLAN_T5_SHARED, **FLAN_T5_CONFIGS[name])
-
-
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -105,10 +146,10 @@ def _quiet_transformers() -> None:
 
 
 def load_config(name: str):
-    """The model's configuration: a local directory's, the hub's, or (offline) the shipped Flan-T5 facts."""
+    """The model's configuration: a local directory's, the hub's, or (offline) a shipped checkpoint's facts."""
     from transformers import AutoConfig
 
-    _quiet_transformers()
+    quiet_transformers()
     if Path(name).is_dir():
         try:
             return AutoConfig.from_pretrained(name)
@@ -117,23 +158,15 @@ def load_config(name: str):
     try:
         config = AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as err:
-        if is_known_flan_t5(name):
-            return flan_t5_config(name)
+        if is_shipped(name):
+            return shipped_config(name)
         raise MedsumError(
             f"model.name: {name!r} is neither a local directory nor reachable on the model hub "
             f"({str(err).splitlines()[0][:160]})"
         ) from None
-    if is_known_flan_t5(name):
-        _check_against_shipped_facts(name, config)
+    if is_shipped(name):
+        check_against_hub(name, config)
     return config
-
-
-def _check_against_shipped_facts(name: str, hub_config) -> None:
-    shipped = {**_FLAN_T5_SHARED, **FLAN_T5_CONFIGS[name]}
-    shipped.pop("tie_word_embeddings")
-    differ = {k: (v, getattr(hub_config, k, None)) for k, v in shipped.items() if getattr(hub_config, k, None) != v}
-    if differ:
-        raise MedsumError(f"model.name: the hub config of {name} disagrees with medsum's table: {differ}")
 
 
 def checkpoint_has_own_lm_head(model_dir: str | Path) -> bool:
@@ -186,93 +219,19 @@ def meta_model(name: str):
     """The model of ``name`` on the meta device, with the layout of its weights (untied lm_head where they have one)."""
     config = load_config(name)
     model = build_from_config(config, device="meta")
-    untied = is_known_flan_t5(name) if not Path(name).is_dir() else checkpoint_has_own_lm_head(name)
+    if Path(name).is_dir():
+        untied = checkpoint_has_own_lm_head(name)
+    else:
+        untied = is_shipped(name) and SHIPPED_CONFIGS[name].own_lm_head
     if untied:
         untie_lm_head(model)
     return model
 
 
-# ---------------------------------------------------------------------------------------------- tiny model
-
-
-def _fingerprint(texts: list[str]) -> str:
-    digest = hashlib.sha256()
-    for text in texts:
-        digest.update(text.encode("utf-8"))
-        digest.update(b"\0")
-    digest.update(json.dumps([TINY_ARCHITECTURE, TINY_VOCAB_SIZE, TINY_INIT_SEED, "v2"]).encode())
-    return digest.hexdigest()[:16]
-
-
-def train_tiny_tokenizer(texts: list[str], vocab_size: int = TINY_VOCAB_SIZE):
-    """A SentencePiece-style unigram tokenizer (T5's special ids: pad 0, eos 1, unk 2) trained on ``texts``."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = Tokenizer(models.Unigram())
-    tokenizer.normalizer = normalizers.NFKC()
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-    tokenizer.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"],
-                                      unk_token="<unk>", show_progress=False)
-    tokenizer.train_from_iterator(texts, trainer)
-    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
-                                                              special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
-
-
-def tiny_model_dir(train_texts: list[str]) -> Path:
-    """A local model directory holding the tiny model and its tokenizer, built once per training text and cached.
-
-    The cache key is the training text, so every run and seed of a study shares one tokenizer and one base model.
-    """
-    import torch
-    from transformers import T5Config
-
-    _quiet_transformers()
-    texts = train_texts[: 2 * TINY_TOKENIZER_MAX_EXAMPLES]
-    target = cache_dir() / "tiny" / _fingerprint(texts)
-    if (target / "config.json").is_file():
-        return target
-    # concurrent builders (DDP ranks, Ray tasks) race harmlessly: the first one finished is kept
-    with rundir.atomic_dir(target, replace=False) as staging:
-        tokenizer = train_tiny_tokenizer(texts)
-        # no dropout: on CPU the attention-dropout mask costs a third of a toy model's step
-        config = T5Config(vocab_size=len(tokenizer), feed_forward_proj="gated-gelu", dropout_rate=0.0,
-                          decoder_start_token_id=0, eos_token_id=1, pad_token_id=0, tie_word_embeddings=False,
-                          **TINY_ARCHITECTURE)
-        fork = torch.random.fork_rng()
-        with fork:
-            torch.manual_seed(TINY_INIT_SEED)
-            model = build_from_config(config)
-            untie_lm_head(model)
-            with torch.no_grad():  # T5 v1.1 does not rescale decoder outputs: keep the initial logits near unit scale
-                model.get_output_embeddings().weight.mul_(TINY_ARCHITECTURE["d_model"] ** -0.5)
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-    return target
-
-
-def resolve_model_source(name: str, train: Sequence[Any]) -> str:
-    """Where the weights come from: the tiny cache directory, a local directory, or a hub id. ``train``: the
-    training examples; the tiny model's tokenizer trains on the source and target of the first
-    ``TINY_TOKENIZER_MAX_EXAMPLES`` of them (a bounded sample, whatever the size of the split)."""
-    if name == "tiny":
-        sample = train[:TINY_TOKENIZER_MAX_EXAMPLES]
-        return str(tiny_model_dir([text for example in sample for text in (example.source, example.target)]))
-    if Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser())
-    if not Path(name).is_dir():
-        if name.startswith(("/", ".", "~")) or Path(name).exists():
-            raise MedsumError(f"model.name: no such local model directory: {name}")
-        load_config(name)  # a clear error now if the hub id is unknown or unreachable
-    return name
-
-
 def load_tokenizer(source: str):
     from transformers import AutoTokenizer
 
-    _quiet_transformers()
+    quiet_transformers()
     try:
         return AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as err:
@@ -285,7 +244,7 @@ def load_pretrained(source: str, dropout: float | None = None):
     None) replaces every dropout probability of its layers (the family's ``dropout_keys``)."""
     from transformers import AutoModelForSeq2SeqLM
 
-    _quiet_transformers()
+    quiet_transformers()
     try:
         if dropout is None:
             return AutoModelForSeq2SeqLM.from_pretrained(source)
@@ -295,7 +254,7 @@ def load_pretrained(source: str, dropout: float | None = None):
         return AutoModelForSeq2SeqLM.from_pretrained(source, config=config)
     except (OSError, ValueError) as err:
         hint = ""
-        if is_known_flan_t5(source):
+        if is_shipped(source):
             hint = " (its architecture is known offline, enough for `medsum params`, but training needs the weights)"
         raise MedsumError(
             f"model.name: cannot load weights of {source!r}{hint}: {str(err).splitlines()[0][:160]}"

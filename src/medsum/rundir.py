@@ -6,7 +6,7 @@ A run directory (written by ``medsum.train``; read by the study, the report and 
     train_log.jsonl      one line per logged step (step, loss, learning_rate, world_size, ...) and per validation
     checkpoints/step-N/  resumable checkpoints (train.save_every)
     adapter/ | model/    the trained weights: a PEFT adapter, or a save_pretrained model for full fine-tuning
-    base_model/          the tiny base model (model.name=tiny only), so the run directory is self-contained
+    base_model/          a tiny model's base (model.name=tiny, tiny-bart, ...), so the run directory is self-contained
     tokenizer/           the tokenizer
     test_predictions.partial.jsonl   the test pass's finished batches while it runs (reused after a crash)
     predictions.jsonl    one line per test example: id, prediction, reference, its ROUGE, and "measures"
@@ -55,6 +55,7 @@ MEMBERSHIP = "study.json"
 RUNNING = "running.json"
 ERROR = "error.txt"
 INTERRUPTED = "interrupted.json"
+SEARCH = "search"  # a study's DIR/runs/search/<model>/<method>/trial-N/: the search's trials, run directories too
 # what a run writes, all removed when it starts over (--force); a study's membership stays
 OUTPUTS = (CHECKPOINTS, ADAPTER, MODEL, BASE_MODEL, TOKENIZER, PREDICTIONS, METRICS, TRAIN_LOG, CONFIG, ERROR,
            PARTIAL_PREDICTIONS, INTERRUPTED)

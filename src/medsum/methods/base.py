@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from medsum.errors import MedsumError
 
 if TYPE_CHECKING:
     from medsum.models import ModelFamily
@@ -17,6 +20,7 @@ class ModelContext:
     model_name: str
     tokenizer_path: str
     family: ModelFamily  # the family's modules by role (attention query/key/value/output, feed-forward)
+    total_steps: int | None = None  # the run's optimizer steps (None when only counting parameters)
 
 
 def _unchanged(cfg: Any, *_: Any) -> Any:
@@ -25,6 +29,18 @@ def _unchanged(cfg: Any, *_: Any) -> Any:
 
 def _no_warning(tensors: dict[str, Any]) -> str | None:
     return None
+
+
+def _no_step(model: Any, step: int) -> None:
+    return None
+
+
+def _no_preparation(model: Any) -> None:
+    return None
+
+
+def _save_pretrained(model: Any, folder: Path) -> None:
+    model.save_pretrained(folder)
 
 
 @dataclass(frozen=True)
@@ -51,7 +67,25 @@ class Method:
     check_saved: Callable[[dict[str, Any]], str | None] = _no_warning
     # a note for study reports on how medsum treats the method (shown when the study ran it), or ""
     report_note: str = ""
+    # what trains, in a few words (`medsum methods`)
+    trains: str = ""
+    # the ModuleRoles fields the method adapts by default: a family whose table leaves one empty is refused
+    roles: tuple[str, ...] = ()
+    # after_optimizer_step(unwrapped model, 0-based step): called after every optimizer step, before the gradients
+    # are cleared (AdaLoRA's rank allocation reads them); a no-op for every other method
+    after_optimizer_step: Callable[[Any, int], None] = _no_step
+    # prepare_generation(model): readies a model of this method, just wrapped or loaded from a run, to generate
+    prepare_generation: Callable[[Any], None] = _no_preparation
+    # save(trained model, folder): writes what the method trained (default: save_pretrained)
+    save: Callable[[Any, Path], None] = _save_pretrained
 
     @property
     def name(self) -> str:
         return self.config_class.name
+
+    def check_family(self, family: ModelFamily) -> None:
+        """Refuses, before any weight is loaded, a family whose module table lacks a role the method adapts."""
+        missing = [role for role in self.roles if not getattr(family.modules, role)]
+        if missing:
+            raise MedsumError(f"method {self.name} cannot serve model family {family.model_type}: medsum's family "
+                              f"table names no {' or '.join(missing)} modules for it")

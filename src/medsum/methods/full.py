@@ -29,5 +29,6 @@ def default_learning_rate(model_name: str) -> float:
     return 5e-5
 
 
-METHOD = Method(FullConfig, "full fine-tuning", apply, default_learning_rate, "5e-5/3e-5/2e-5 for small/base/large",
-                saves_adapter=False)
+METHOD = Method(FullConfig, "full fine-tuning", apply, default_learning_rate, "5e-5/3e-5/2e-5 for small/base/large "
+                "(MISSION.md)",
+                saves_adapter=False, trains="every weight")

@@ -1,17 +1,22 @@
-"""LoRA (Hu et al., 2021) through PEFT: low-rank adapters on the attention projections."""
+"""LoRA (Hu et al., 2021) through PEFT: low-rank adapters on the target modules (attention query/value by default),
+with the DoRA (Liu et al., 2024) and rsLoRA (Kalajdzievski, 2023) variants and PiSSA / OLoRA initialisation."""
 
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
 
-from medsum.errors import MedsumError
+from medsum.methods import targets
 from medsum.methods.base import Method, ModelContext
 from medsum.settings import Bound, MethodConfig, Names, setting
 
-if TYPE_CHECKING:
-    from medsum.models import ModelFamily
+# medsum's name -> PEFT's init_lora_weights. kaiming is PEFT's default (True: the reference implementation's
+# Kaiming-uniform A, zero B), so the default computes what medsum always did.
+INITS = {"kaiming": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
+# initialisations that change the base weights (the residual after the principal / orthonormal part)
+CONVERTED_INITS = ("pissa", "olora")
 
 
 @dataclass
@@ -22,44 +27,74 @@ class LoraConfig(MethodConfig):
                            bound=Bound(0, low_open=True))
     dropout: float = setting(0.1, "Dropout on the LoRA input.", bound=Bound(0, 1, high_open=True),
                              names=Names(run="drop"))
-    target_modules: list[str] | None = setting(
-        None, "Modules to adapt; null takes the model family's attention query/value ([q, v] for T5); "
-              "[all-linear] adapts every linear layer but the output head."
-    )
+    target_modules: list[str] | None = targets.target_modules_setting()
+    use_dora: bool = setting(False, "DoRA: split the update into magnitude and direction (Liu et al., 2024).",
+                             names=Names(run="dora", short="dora", title="DoRA"))
+    use_rslora: bool = setting(False, "rsLoRA: scale the update by alpha / sqrt(r) instead of alpha / r.",
+                               names=Names(run="rslora", short="rslora", title="rsLoRA"))
+    init: str = setting(
+        "kaiming", "Adapter initialisation: kaiming (PEFT's default: Kaiming-uniform A, zero B), gaussian, pissa "
+                   "(principal singular vectors, Meng et al., 2024) or olora (orthonormal, Büyükakyüz, 2024). "
+                   "pissa/olora runs save a plain LoRA adapter (rank 2r) for the unmodified base model.",
+        names=Names(run="init", short="init", title="LoRA initialisation"))
 
     def validate(self) -> list[str]:
-        if self.target_modules is not None and not self.target_modules:
-            return ["method.target_modules must name at least one module (or be null)"]
-        return []
-
-
-def resolve(cfg: LoraConfig, family: ModelFamily) -> LoraConfig:
-    if cfg.target_modules is not None:
-        return cfg
-    return dataclasses.replace(cfg, target_modules=[*family.modules.query, *family.modules.value])
+        errors = targets.target_errors(self.target_modules)
+        if self.init not in INITS:
+            errors.append(f"method.init must be one of {', '.join(INITS)}, got {self.init!r}")
+        return errors
 
 
 def apply(model, cfg: LoraConfig, ctx: ModelContext):
     from peft import LoraConfig as PeftLoraConfig
-    from peft import TaskType, get_peft_model
 
-    targets = resolve(cfg, ctx.family).target_modules
-    peft_config = PeftLoraConfig(
-        task_type=TaskType.SEQ_2_SEQ_LM,
-        r=cfg.r,
-        lora_alpha=cfg.alpha,
-        lora_dropout=cfg.dropout,
-        target_modules="all-linear" if targets == ["all-linear"] else targets,
-    )
+    chosen = targets.resolve_targets(cfg.target_modules, ctx.family)
+    extra = {"use_dora": True} if cfg.use_dora else {}
+    extra |= {"use_rslora": True} if cfg.use_rslora else {}
+    extra |= {} if cfg.init == "kaiming" else {"init_lora_weights": INITS[cfg.init]}
+    model = targets.wrap(model, cfg, PeftLoraConfig, r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                         target_modules=targets.peft_targets(chosen), **extra)
+    if cfg.init in CONVERTED_INITS:
+        # the starting adapter, needed at save time to turn the trained one into a plain LoRA adapter
+        model.medsum_initial_adapter = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return model
+
+
+def save(model, folder: Path) -> None:
+    """Saves the adapter; a PiSSA/OLoRA adapter is converted to plain LoRA for the unmodified base
+    (``path_initial_model_for_weight_conversion``): the base model of the run stays the original one."""
+    initial = getattr(model, "medsum_initial_adapter", None)
+    if initial is None:
+        model.save_pretrained(folder)
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        start = Path(scratch) / "initial"
+        _save_initial(model, initial, start)
+        model.save_pretrained(folder, path_initial_model_for_weight_conversion=str(start))
+
+
+def _save_initial(model, initial: dict, folder: Path) -> None:
+    import torch
+
+    trained = {n: p.detach().clone() for n, p in model.named_parameters() if n in initial}
+    config = model.peft_config["default"]
+    init, config.init_lora_weights = config.init_lora_weights, True  # as PEFT's PiSSA recipe: save unconverted
     try:
-        return get_peft_model(model, peft_config)
-    except ValueError as err:
-        raise MedsumError(f"method.target_modules={targets}: {str(err).splitlines()[0]}") from None
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if name in initial:
+                    parameter.copy_(initial[name])
+            model.save_pretrained(folder)
+            for name, parameter in model.named_parameters():
+                if name in trained:
+                    parameter.copy_(trained[name])
+    finally:
+        config.init_lora_weights = init
 
 
-def describe(model, cfg: LoraConfig) -> dict:
-    targets = model.peft_config["default"].target_modules
-    return {"resolved_target_modules": sorted(targets) if not isinstance(targets, str) else targets}
+def countable(cfg: LoraConfig) -> LoraConfig:
+    # PiSSA/OLoRA decompose real weights (impossible on the meta device) and change values, not counts
+    return dataclasses.replace(cfg, init="kaiming")
 
 
 def check_saved(tensors: dict) -> str | None:
@@ -74,5 +109,7 @@ def default_learning_rate(model_name: str) -> float:
     return 3e-4
 
 
-METHOD = Method(LoraConfig, "LoRA", apply, default_learning_rate, "3e-4", saves_adapter=True, describe=describe,
-                resolve=resolve, check_saved=check_saved)
+METHOD = Method(LoraConfig, "LoRA", apply, default_learning_rate, "3e-4 (MISSION.md: the Flan-T5 study)",
+                saves_adapter=True, describe=targets.describe, resolve=targets.resolve, countable=countable,
+                check_saved=check_saved, trains="low-rank adapters A, B (DoRA: and a magnitude vector) on the "
+                "target modules", roles=targets.PRESETS["attention"], save=save)

@@ -61,5 +61,6 @@ REPORT_NOTE = (
     "Flan-T5-Large). The original study's code reported twice that (40,960) because PEFT also allocates decoder "
     "prompts that seq2seq prompt tuning never uses (PEFT PR #150)."
 )
-METHOD = Method(PromptTuningConfig, "prompt tuning", apply, default_learning_rate, "3e-2", saves_adapter=True,
-                countable=countable, report_note=REPORT_NOTE)
+METHOD = Method(PromptTuningConfig, "prompt tuning", apply, default_learning_rate,
+                "3e-2 (MISSION.md: the Flan-T5 study; peft #386)", saves_adapter=True, countable=countable,
+                report_note=REPORT_NOTE, trains="the encoder's soft-prompt embeddings")

@@ -18,7 +18,7 @@ from medsum import rundir
 from medsum.config import names_of
 from medsum.evaluate import ROUGE_KEYS
 from medsum.methods import METHODS
-from medsum.report.runs import RunRecord, load_runs
+from medsum.report.runs import RunRecord, load_runs, load_trials
 from medsum.report.stats import PairedResult, holm, mean_sd, paired_comparison
 
 __all__ = ["write_report", "summary_text", "build_report", "Report", "Group", "Comparison", "load_runs"]
@@ -72,6 +72,8 @@ class Report:
     sweeps: dict[str, tuple[str, list[Group]]] = field(default_factory=dict)  # name -> (varied key, one per value)
     comparisons: list[Comparison] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
+    trials: list[RunRecord] = field(default_factory=list)  # the search's trials (runs/search/), if it searched
+    default_comparisons: list[Comparison] = field(default_factory=list)  # tuned vs default (report.search)
 
     def failed(self) -> list[RunRecord]:
         return [r for r in self.records if r.status == "failed"]
@@ -86,9 +88,11 @@ def build_report(output: Path, compare: bool = True) -> Report:
     done = [r for r in records if r.status == "done"]
     variants = group_runs(done)
     study = next((r.membership["study"] for r in records if r.membership.get("study")), Path(output).name)
-    report = Report(study, records, [g for g in variants if g.in_grid], variants, sweep_groups(done, variants))
+    report = Report(study, records, [g for g in variants if g.in_grid], variants, sweep_groups(done, variants),
+                    trials=load_trials(output))
     if compare:
         report.comparisons = compare_methods(report.groups)
+        report.default_comparisons = compare_with_defaults(report.groups, report.variants)
     return report
 
 
@@ -172,6 +176,25 @@ def compare_methods(groups: list[Group]) -> list[Comparison]:
     return comparisons
 
 
+def compare_with_defaults(groups: list[Group], variants: list[Group]) -> list[Comparison]:
+    """Each tuned grid variant (a study's search) against the same model and method with the untuned settings
+    (search.compare_defaults), on each ROUGE score, paired as ``compare_methods``; Holm over those of one model."""
+    defaults = [g for g in variants if any(r.membership.get("defaults") for r in g.runs)]
+    comparisons = []
+    for model in dict.fromkeys(g.model for g in groups):
+        found = []
+        for tuned in (g for g in groups if g.model == model and any(r.membership.get("tuned") for r in g.runs)):
+            for default in (d for d in defaults if (d.model, d.method) == (model, tuned.method) and d is not tuned):
+                for metric in ROUGE_KEYS:
+                    scores_a, scores_b = paired_scores(tuned, default, metric)
+                    found.append(Comparison(model, f"{tuned.method} tuned", f"{default.method} default", metric,
+                                            paired_comparison(scores_a, scores_b)))
+        for comparison, adjusted in zip(found, holm([c.result.p_value for c in found])):
+            comparison.p_holm = adjusted
+        comparisons += found
+    return comparisons
+
+
 def paired_scores(a: Group, b: Group, metric: str) -> tuple[list[float], list[float]]:
     """Per-example scores, each averaged over the group's seeds, for the examples every run of both groups has."""
     runs = a.runs + b.runs
@@ -196,8 +219,17 @@ def write_report(output: Path) -> Path:
     target = output / "report"
     with rundir.atomic_dir(target) as staging:
         report.plots = plots.write_plots(report, staging)
-        tables.write_tables(report, staging)
+        tables.write_tables(report, staging, _search_sections(report))
     return target
+
+
+def _search_sections(report: Report) -> list[str]:
+    """summary.md's part on the study's search, when it searched (``report.search``)."""
+    if not report.trials:
+        return []
+    from medsum.report.search import search_section
+
+    return [search_section(report)]
 
 
 def summary_text(output: Path) -> str:

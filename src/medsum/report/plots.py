@@ -33,6 +33,10 @@ def write_plots(report: Report, folder: Path) -> list[str]:
             written += _save(sweep_plot(name, key, groups), folder, f"sweep_{_slug(name)}")
     if report.variants:
         written += _save(efficiency_frontier(report.variants), folder, "efficiency_frontier")
+    if report.trials:
+        from medsum.report.search import write_trial_plots
+
+        written += write_trial_plots(report, folder, _save)
     return written
 
 

@@ -51,7 +51,19 @@ def load_runs(output: Path) -> list[RunRecord]:
     runs_dir = Path(output) / "runs"
     if not runs_dir.is_dir():
         raise MedsumError(f"{output} holds no study (no runs/ folder); start one with medsum study run")
-    return [read_run(path) for path in sorted(runs_dir.iterdir()) if path.is_dir() and not path.name.startswith(".")]
+    return [read_run(path) for path in sorted(runs_dir.iterdir())
+            if path.is_dir() and not path.name.startswith(".") and path.name != rundir.SEARCH]
+
+
+def load_trials(output: Path) -> list[RunRecord]:
+    """The search's trials (``runs/search/<model>/<method>/trial-N/``), by search, then trial number; each
+    record's name is ``<model>/<method>/trial-N``."""
+    root = Path(output) / "runs" / rundir.SEARCH
+    found = [read_run(path) for path in root.glob("*/*/trial-*") if path.is_dir()] if root.is_dir() else []
+    for record in found:
+        record.name = record.path.relative_to(root).as_posix()
+    return sorted(found, key=lambda r: (str(r.membership.get("search", {}).get("name", r.path.parent)),
+                                        r.membership.get("search", {}).get("trial", 0)))
 
 
 def read_run(path: Path) -> RunRecord:

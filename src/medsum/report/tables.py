@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from medsum.config import names_of
 from medsum.evaluate import ROUGE_KEYS, ROUGE_NAMES
 from medsum.methods import METHODS
+from medsum.models import is_tiny
 from medsum.report.stats import t_interval
 from medsum.rundir import atomic_write_text
 from medsum.settings import flatten
@@ -27,9 +28,10 @@ METRIC_SECTIONS = ("test", "validation", "params", "efficiency", "hardware")
 ALPHA = 0.05
 
 
-def write_tables(report: Report, folder: Path) -> None:
+def write_tables(report: Report, folder: Path, sections: list[str] = ()) -> None:
+    """``sections``: more of summary.md, after the significance tests (the search's: ``report.search``)."""
     atomic_write_text(folder / "results.csv", results_csv(report))
-    atomic_write_text(folder / "summary.md", summary_markdown(report))
+    atomic_write_text(folder / "summary.md", summary_markdown(report, sections))
     atomic_write_text(folder / "summary.tex", summary_latex(report))
 
 
@@ -138,13 +140,14 @@ def console_table(report: Report) -> str:
     return markdown_table(header, rouge_rows(report.groups))
 
 
-def summary_markdown(report: Report) -> str:
+def summary_markdown(report: Report, sections: list[str] = ()) -> str:
     parts = [f"# Study {report.study}: results", _status_line(report)]
     if report.groups:
         parts += [_main_section(report), _cost_section(report)]
     parts += [_sweep_section(name, key, groups) for name, (key, groups) in report.sweeps.items()]
     if report.groups:
         parts.append(_significance_section(report))
+    parts += sections
     if report.failed():
         parts.append(_failed_section(report))
     if report.plots:
@@ -161,8 +164,8 @@ def _status_line(report: Report) -> str:
     text = f"{len(report.records)} runs: " + ", ".join(f"{counts.get(s, 0)} {s}"
                                                         for s in ("done", "failed", "running", "pending"))
     text += ". Computed from the run directories under `runs/`; `medsum study report DIR` rebuilds it."
-    if any(g.model == "tiny" for g in report.variants):
-        text += ("\n\n**The `tiny` model is randomly initialised and trained for a few steps: its numbers show the "
+    if any(is_tiny(g.model) for g in report.variants):
+        text += ("\n\n**The tiny models are randomly initialised and trained for a few steps: its numbers show the "
                  "machinery, not which method is better.**")
     return text
 

@@ -98,12 +98,15 @@ def read_run(run_dir: str | Path) -> RunConfig:
 
 
 def base_model_source(run_dir: Path, cfg: RunConfig) -> str:
-    """The tiny model's run keeps its base in base_model/; other runs name a hub id or local directory."""
+    """A tiny model's run keeps its base in base_model/; other runs name a hub id or local directory."""
     local = run_dir / rundir.BASE_MODEL
     if local.is_dir():
         return str(local)
-    if cfg.model.name == "tiny":
-        raise MedsumError(f"{run_dir}: base_model/ is missing (a model.name=tiny run keeps its base model there)")
+    from medsum.models import is_tiny
+
+    if is_tiny(cfg.model.name):
+        raise MedsumError(f"{run_dir}: base_model/ is missing (a model.name={cfg.model.name} run keeps its base "
+                          f"model there)")
     return cfg.model.name
 
 
@@ -129,6 +132,7 @@ def load_adapter(base, adapter_dir: Path, method: Method):
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise MedsumError(f"{adapter_dir}: cannot load the adapter ({str(err).splitlines()[0][:200]})") from None
     check_adapter_loaded(model, adapter_dir, method)
+    method.prepare_generation(model)
     return model
 
 

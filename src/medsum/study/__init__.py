@@ -2,10 +2,13 @@
 
 ``run_study(spec, DIR)`` validates every run before anything is written, locks DIR, trains each unfinished run
 into ``DIR/runs/<run>/`` with an executor (``study.executors``), then writes ``DIR/report/`` (``medsum.report``).
+With a ``search:`` block, the searches (``study.tuning``) run first and the grid's runs take their choices.
 Layout of a study directory:
     study.yaml        the spec of the last ``study run`` (with its command line), for the record
     .study.lock       held (flock) while a ``study run`` works here; .study.lock.json says by whom
     runs/<run>/       one run directory each (see ``medsum.rundir``)
+    runs/search/<model>/<method>/trial-N/   the search's trials (run directories too)
+    search.db         the search's Optuna record (SQLite)
     report/           results.csv, summary.md, summary.tex, plots
 """
 
@@ -24,7 +27,8 @@ import yaml
 from medsum import rundir
 from medsum.config import parse_override
 from medsum.errors import MedsumError
-from medsum.report.runs import load_runs
+from medsum.report.runs import load_runs, load_trials
+from medsum.study import tuning
 from medsum.study.spec import PlannedRun, StudySpec, expand, load_spec
 from medsum.train.tracking import TrackingPlace
 
@@ -52,11 +56,17 @@ def run_spec(spec: StudySpec, output: Path, overrides: list[str], executor: str 
     if executor not in EXECUTORS:
         raise MedsumError(f"unknown executor {executor!r} (known: {', '.join(EXECUTORS)})")
     output = Path(output).resolve()  # run configs record absolute paths: the same from any cwd and any Ray worker
-    runs = expand(spec, [parse_override(item) for item in overrides], output)
+    parsed = [parse_override(item) for item in overrides]
+    runs = expand(spec, parsed, output)
+    targets = tuning.plan_searches(spec, parsed, output)
+    unchosen: list[str] = []
     # Ray is reached before anything is written: a missing extra or an unreachable cluster leaves no trace
-    use_ray = executor == "ray" and any(not _finished(run) for run in runs)
+    use_ray = executor == "ray" and (any(not _finished(run) for run in runs) or tuning.unfinished(spec, targets))
     with executors.ray_session(ray_address) if use_ray else nullcontext() as ray, study_lock(output):
-        _prepare(output, spec, runs, record or yaml.safe_dump(spec.__dict__, sort_keys=False))
+        rundir.atomic_write_text(output / "study.yaml", record or yaml.safe_dump(spec.__dict__, sort_keys=False))
+        if targets:
+            runs, unchosen = _tuned_runs(spec, parsed, output, targets, ray)
+        _prepare(output, spec, runs)
         pending = [run for run in runs if not _finished(run)]
         print(f"study {spec.name}: {len(runs)} runs, {len(runs) - len(pending)} already done, {len(pending)} to run "
               f"({executor} executor) -> {output}", flush=True)
@@ -68,16 +78,34 @@ def run_spec(spec: StudySpec, output: Path, overrides: list[str], executor: str 
         report = write_report(output)
     print("\n" + summary_text(output) + f"\n\nreport: {report / 'summary.md'}", flush=True)
     _raise_if_failed(statuses, len(runs), report)
+    if unchosen:
+        raise MedsumError(f"every trial of the search {', '.join(unchosen)} failed, so its grid runs did not run; "
+                          f"reasons in {report / 'summary.md'}; the same command again starts that search over")
     return {run.name: statuses.get(run.name, "done") for run in runs}
+
+
+def _tuned_runs(spec: StudySpec, parsed: list, output: Path, targets: list, ray) -> tuple[list[PlannedRun], list]:
+    """Runs the searches, then plans the grid with their choices; returns (runs, searches that chose nothing)."""
+    from medsum.study import executors
+
+    place = TrackingPlace(spec.name, output)  # a search's trials log to the study's experiment too
+    pool = executors.RayPool(ray, spec.ray, place) if ray is not None else executors.LocalPool(False, place)
+    chosen = tuning.run_searches(spec, targets, output, pool)
+    runs = expand(spec, parsed, output, tuned=chosen)
+    stale = tuning.stale_runs(runs)
+    if stale:
+        raise MedsumError(f"{len(stale)} finished runs were trained with other values than the search now chooses "
+                          f"({', '.join(stale[:3])}{' ...' if len(stale) > 3 else ''}): move them out of "
+                          f"{output / 'runs'} to train them with the chosen values")
+    return runs, [t.name for t in targets if any(chosen.get(p) is None for p in t.points)]
 
 
 def _finished(run: PlannedRun) -> bool:
     return rundir.is_finished(run.config.run_dir)
 
 
-def _prepare(output: Path, spec: StudySpec, runs: list[PlannedRun], record: str) -> None:
-    """Records the spec, creates every run directory with its study membership, clears markers of dead runs."""
-    rundir.atomic_write_text(output / "study.yaml", record)
+def _prepare(output: Path, spec: StudySpec, runs: list[PlannedRun]) -> None:
+    """Creates every run directory with its study membership, clears markers of dead runs."""
     for planned in runs:
         run_dir = planned.config.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -158,4 +186,24 @@ def status_table(output: Path) -> str:
             detail = f"pid {marker.get('pid')} on {marker.get('host')}"
         score = f"{rouge1:7.2f}" if isinstance(rouge1, (int, float)) else " " * 7
         lines.append(f"{record.name:<{width}}  {record.status:<8}  {score}  {detail}".rstrip())
-    return "\n".join(lines)
+    return "\n".join(lines + _trial_lines(output))
+
+
+def _trial_lines(output: Path) -> list[str]:
+    """The search's trials: status, searched values and validation score, one line each."""
+    trials = load_trials(output)
+    if not trials:
+        return []
+    counts = ", ".join(f"{sum(t.status == s for t in trials)} {s}" for s in rundir.STATUSES)
+    lines = ["", f"search: {len(trials)} trials, {counts} (record: {tuning.STORAGE})"]
+    width = max(len(t.name) for t in trials)
+    lines.append(f"{'trial':<{width}}  {'status':<8}  {'val R-1':>7}  searched values")
+    for trial in trials:
+        search = trial.membership.get("search", {})
+        score = trial.metrics.get("validation", {}).get(search.get("metric", "rouge1"))
+        shown = f"{score:7.2f}" if isinstance(score, (int, float)) else " " * 7
+        values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in search.get("params", {}).items())
+        detail = f"  {trial.error}" if trial.status == "failed" else ""
+        lines.append(f"{trial.name:<{width}}  {trial.status:<8}  {shown}  {values}{detail}")
+    return lines

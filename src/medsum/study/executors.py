@@ -4,6 +4,10 @@ record the same files, so a study can start under one executor and resume under 
 local: in this process, one run after the other.
 ray:   one Ray task per run (``pip install 'medsum[ray]'``), asking for 1 GPU when the cluster has GPUs, else 1 CPU
        (the spec's ``ray: {num_cpus, num_gpus}`` overrides; fractions share a GPU between small runs).
+
+A search (``medsum.study.tuning``) decides its next trial from the last one's result, so it submits runs one at a
+time to a pool (``LocalPool``, ``RayPool``: ``submit`` then ``next_done``); the trials of different searches run in
+parallel on Ray.
 """
 
 from __future__ import annotations
@@ -164,6 +168,52 @@ def _init_ray(ray, address: str | None) -> None:
         raise MedsumError(f"cannot start or reach {where}: {' '.join(str(err).split())[:200]}") from None
 
 
+class LocalPool:
+    """Runs each submitted run in this process when a result is asked for, in submission order."""
+
+    def __init__(self, show_progress: bool = True, place: TrackingPlace | None = None):
+        self.show_progress = show_progress
+        self.place = place
+        self.queue: list[tuple[str, RunConfig]] = []
+
+    def submit(self, key: str, cfg: RunConfig) -> None:
+        self.queue.append((key, cfg))
+
+    def next_done(self) -> tuple[str, str]:
+        """(key, done | failed) of the next run, trained now."""
+        key, cfg = self.queue.pop(0)
+        return key, execute_run(cfg, self.show_progress, self.place)
+
+
+class RayPool:
+    """One Ray task per submitted run (as ``run_ray``); ``next_done`` waits for whichever finishes first."""
+
+    def __init__(self, ray, resources: dict[str, float] | None = None, place: TrackingPlace | None = None):
+        self.ray = ray
+        self.place = place
+        self.task = ray.remote(_ray_task).options(**task_resources(ray.cluster_resources(), resources or {}))
+        self.env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+        self.quiet = any(f[0] == "ignore" and f[2] is Warning for f in warnings.filters)
+        self.refs: dict[Any, tuple[str, RunConfig]] = {}
+
+    def submit(self, key: str, cfg: RunConfig) -> None:
+        self.refs[self.task.remote(cfg, os.getcwd(), self.env, self.quiet, self.place)] = (key, cfg)
+
+    def next_done(self) -> tuple[str, str]:
+        done, _ = self.ray.wait(list(self.refs), num_returns=1)
+        key, cfg = self.refs.pop(done[0])
+        return key, _task_status(self.ray, done[0], cfg)
+
+
+def _task_status(ray, ref: Any, cfg: RunConfig) -> str:
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayError as err:  # the worker died (out of memory, node lost): the task never
+        record_failure(cfg.run_dir, err)  # got to write error.txt itself
+        (cfg.run_dir / rundir.RUNNING).unlink(missing_ok=True)
+        return "failed"
+
+
 def _collect(ray, refs: dict[Any, PlannedRun], show_progress: bool) -> dict[str, str]:
     from tqdm.auto import tqdm
 
@@ -173,12 +223,7 @@ def _collect(ray, refs: dict[Any, PlannedRun], show_progress: bool) -> dict[str,
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             planned = refs[done[0]]
-            try:
-                statuses[planned.name] = ray.get(done[0])
-            except ray.exceptions.RayError as err:  # the worker died (out of memory, node lost): the task never
-                record_failure(planned.config.run_dir, err)  # got to write error.txt itself
-                (planned.config.run_dir / rundir.RUNNING).unlink(missing_ok=True)
-                statuses[planned.name] = "failed"
+            statuses[planned.name] = _task_status(ray, done[0], planned.config)
             bar.set_postfix_str(f"{planned.name}: {statuses[planned.name]}")
             bar.update(1)
     return statuses

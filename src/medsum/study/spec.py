@@ -2,9 +2,10 @@
 
 A spec is ``name``, ``base`` (a run config tree), ``grid`` (dotted key -> values; the cartesian product),
 ``seeds``, ``methods`` (method name -> overrides applied to that method's runs), ``sweeps`` (name -> keys, exactly
-one of them a list: a one-factor sensitivity analysis around the grid's first point) and ``ray`` (resources of
-each run's Ray task). Layers, later ones winning: base < methods[method] < grid point or sweep point < command-line
-overrides. A ``method.*`` key belongs to the methods that have it: it is dropped for the others, so
+one of them a list: a one-factor sensitivity analysis around the grid's first point), ``ray`` (resources of
+each run's Ray task) and ``search`` (``medsum.study.search``: each grid variant tuned before the grid runs).
+Layers, later ones winning: base < methods[method] < the search's chosen values < grid point or sweep point <
+command-line overrides. A ``method.*`` key belongs to the methods that have it: it is dropped for the others, so
 ``grid: {method.name: [lora, full], method.r: [8, 16]}`` gives full fine-tuning once per seed, not twice.
 """
 
@@ -24,8 +25,9 @@ from medsum.config import RunConfig, all_keys, config_from_dict, names_of, set_d
 from medsum.errors import MedsumError
 from medsum.methods import DEFAULT_METHOD, METHODS
 from medsum.settings import flatten, read_yaml
+from medsum.study.search import SearchSpec, parse_search, point_key
 
-SPEC_KEYS = ("name", "description", "base", "grid", "seeds", "methods", "sweeps", "ray")
+SPEC_KEYS = ("name", "description", "base", "grid", "seeds", "methods", "sweeps", "ray", "search")
 STUDY_OWNED_KEYS = ("name", "output_dir", "seed")  # the study names runs, places them and takes seeds from `seeds`
 RAY_KEYS = ("num_cpus", "num_gpus")
 
@@ -39,6 +41,7 @@ class StudySpec:
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
     sweeps: dict[str, dict[str, Any]] = field(default_factory=dict)
     ray: dict[str, float] = field(default_factory=dict)
+    search: SearchSpec | None = None
 
 
 @dataclass
@@ -49,9 +52,13 @@ class PlannedRun:
     config: RunConfig
     grid: bool = False
     sweeps: dict[str, dict[str, Any]] = field(default_factory=dict)  # sweep name -> {"key", "value"}
+    tuned: dict[str, Any] | None = None  # the search's choice it runs with: {"search", "trial", "params", "value"}
+    defaults: bool = False  # a run of the grid with the untuned settings (search.compare_defaults)
 
     def membership(self, study: str) -> dict[str, Any]:
-        return {"study": study, "grid": self.grid, "sweeps": self.sweeps}
+        extra = {"tuned": self.tuned} if self.tuned else {}
+        return {"study": study, "grid": self.grid, "sweeps": self.sweeps, **extra,
+                **({"defaults": True} if self.defaults else {})}
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -73,10 +80,11 @@ def spec_from_dict(data: dict, source: str, default_name: str = "study") -> Stud
                for name, over in _mapping(data.get("methods"), "methods", errors).items()}
     sweeps = {name: _mapping(keys, f"sweeps.{name}", errors)
               for name, keys in _mapping(data.get("sweeps"), "sweeps", errors).items()}
-    spec = StudySpec(name=str(data.get("name") or default_name), base=_nested(base), grid=grid,
-                     seeds=_seeds(data.get("seeds", [1]), errors), methods=methods, sweeps=sweeps,
-                     ray=_ray(data.get("ray"), errors))
-    errors += _key_errors(spec)
+    seeds = _seeds(data.get("seeds", [1]), errors)
+    spec = StudySpec(name=str(data.get("name") or default_name), base=_nested(base), grid=grid, seeds=seeds,
+                     methods=methods, sweeps=sweeps, ray=_ray(data.get("ray"), errors),
+                     search=parse_search(data.get("search"), seeds[0] if seeds else 1, errors))
+    errors += _key_errors(spec) + _search_conflicts(spec)
     if errors:
         raise MedsumError(f"{source}: " + "; ".join(errors))
     return spec
@@ -151,6 +159,15 @@ def _key_errors(spec: StudySpec) -> list[str]:
     return errors
 
 
+def _search_conflicts(spec: StudySpec) -> list[str]:
+    """A searched key takes its value from the search: the grid must not set it too."""
+    if spec.search is None:
+        return []
+    dimensions = [*spec.search.space.values(), *(d for space in spec.search.methods.values() for d in space.values())]
+    return [f"{d.where}: also a grid key; a searched key takes its value from the search" for d in dimensions
+            if d.key in spec.grid]
+
+
 def key_problems(keys: list[str]) -> list[str]:
     """What is wrong with keys a study sets per run: unknown keys (nearest suggested) and keys the study owns."""
     valid = set(all_keys())
@@ -167,18 +184,25 @@ def key_problems(keys: list[str]) -> list[str]:
 # ---------------------------------------------------------------------------------------------- expansion
 
 
-def expand(spec: StudySpec, overrides: list[tuple[str, Any]], output: Path) -> list[PlannedRun]:
-    """Every run of the study, validated and deduplicated, named and placed under ``output/runs/``."""
-    problems = key_problems([key for key, _ in overrides])
-    if problems:
-        raise MedsumError("command-line overrides: " + "; ".join(problems))
+def expand(spec: StudySpec, overrides: list[tuple[str, Any]], output: Path,
+           tuned: dict[str, dict | None] | None = None) -> list[PlannedRun]:
+    """Every run of the study, validated and deduplicated, named and placed under ``output/runs/``.
+
+    ``tuned``: the searches' choices by grid point (``search.point_key``); a point whose search chose nothing
+    (every trial failed) has no runs. Without it (before the search) runs take the untuned settings.
+    """
+    _check_overrides(spec, overrides)
     runs: dict[str, PlannedRun] = {}
-    naming: dict[str, tuple[list[str], RunConfig]] = {}
+    naming: dict[str, tuple[list[str], RunConfig, str]] = {}
     errors: dict[str, str] = {}  # message -> the first run it was found in (every seed repeats it)
     used_keys: set[str] = set()
-    for point, naming_keys, sweep in _points(spec):
+    for point, naming_keys, sweep in study_points(spec):
+        searched = sweep != DEFAULTS and tuned is not None and point_key(list(spec.grid), point) in tuned
+        choice = tuned[point_key(list(spec.grid), point)] if searched else None
+        if searched and choice is None:
+            continue
         for seed in spec.seeds:
-            tree, applied = _run_tree(spec, point, seed, overrides)
+            tree, applied = run_tree(spec, point, seed, overrides, choice["params"] if choice else {})
             used_keys |= applied
             try:
                 cfg = config_from_dict(tree, "run")
@@ -187,11 +211,8 @@ def expand(spec: StudySpec, overrides: list[tuple[str, Any]], output: Path) -> l
                 continue
             key = dedup_key(cfg)
             planned = runs.setdefault(key, PlannedRun("", cfg))
-            naming.setdefault(key, (naming_keys, cfg))
-            if sweep is None:
-                planned.grid = True
-            else:
-                planned.sweeps[sweep[0]] = {"key": sweep[1], "value": _plain(point[sweep[1]])}
+            naming.setdefault(key, (naming_keys, cfg, "default" if sweep == DEFAULTS else ""))
+            _add_membership(planned, point, sweep, choice)
     problems = [f"{where}: {message}" for message, where in errors.items()]
     problems += _unused_key_errors(spec, used_keys) if not problems else []
     if problems:
@@ -200,12 +221,41 @@ def expand(spec: StudySpec, overrides: list[tuple[str, Any]], output: Path) -> l
     return list(runs.values())
 
 
-def _points(spec: StudySpec):
-    """(dotted assignment, keys that name the run, (sweep name, varied key) or None) for the grid, then sweeps."""
+DEFAULTS = ("", "")  # the "sweep" of the grid's points with their untuned settings (search.compare_defaults)
+
+
+def _check_overrides(spec: StudySpec, overrides: list[tuple[str, Any]]) -> None:
+    problems = key_problems([key for key, _ in overrides])
+    if problems:
+        raise MedsumError("command-line overrides: " + "; ".join(problems))
+    searched = spec.search.keys() & {key for key, _ in overrides} if spec.search is not None else set()
+    if searched:
+        raise MedsumError(f"command-line overrides: {', '.join(sorted(searched))}: a searched key takes its value "
+                          f"from the search")
+
+
+def _add_membership(planned: PlannedRun, point: dict, sweep: tuple | None, choice: dict | None) -> None:
+    """Records which parts of the study the run belongs to (a deduplicated run may belong to several)."""
+    if choice:
+        planned.tuned = choice
+    if sweep is None:
+        planned.grid = True
+    elif sweep == DEFAULTS:
+        planned.defaults = True
+    else:
+        planned.sweeps[sweep[0]] = {"key": sweep[1], "value": _plain(point[sweep[1]])}
+
+
+def study_points(spec: StudySpec):
+    """(dotted assignment, keys that name the run, (sweep name, varied key) or None) for the grid, then the grid
+    with its untuned settings when the search compares them (``DEFAULTS``), then sweeps."""
     grid_keys = list(spec.grid)
     named_grid = [key for key in grid_keys if len(spec.grid[key]) > 1]
     for values in itertools.product(*spec.grid.values()):
         yield dict(zip(grid_keys, values)), named_grid, None
+    if spec.search is not None and spec.search.compare_defaults:
+        for values in itertools.product(*spec.grid.values()):
+            yield dict(zip(grid_keys, values)), named_grid, DEFAULTS
     first = {key: values[0] for key, values in spec.grid.items()}
     for name, keys in spec.sweeps.items():
         varied = next(key for key, value in keys.items() if isinstance(value, list))
@@ -215,14 +265,16 @@ def _points(spec: StudySpec):
             yield {**first, **fixed, varied: value}, named, (name, varied)
 
 
-def _run_tree(spec: StudySpec, point: dict, seed: int, overrides: list[tuple[str, Any]]) -> tuple[dict, set[str]]:
-    """The run's config tree (base < methods < point < overrides) and the point keys that applied to it."""
+def run_tree(spec: StudySpec, point: dict, seed: int, overrides: list[tuple[str, Any]],
+              chosen: dict[str, Any] | None = None) -> tuple[dict, set[str]]:
+    """The run's config tree (base < methods < the search's chosen values < point < overrides) and the point keys
+    that applied to it."""
     probe = copy.deepcopy(spec.base)
     for key, value in [*point.items(), *overrides]:
         set_dotted(probe, key, copy.deepcopy(value))
     method = (probe.get("method") or {}).get("name", DEFAULT_METHOD)
     tree = copy.deepcopy(spec.base)
-    for key, value in [*spec.methods.get(method, {}).items(), *point.items(), *overrides]:
+    for key, value in [*spec.methods.get(method, {}).items(), *(chosen or {}).items(), *point.items(), *overrides]:
         set_dotted(tree, key, copy.deepcopy(value))
     tree["seed"] = seed
     dropped = _drop_foreign_method_keys(tree, method)
@@ -283,24 +335,25 @@ def _value_token(value: Any) -> str:
     return _safe(str(value))
 
 
-def run_name(cfg: RunConfig, naming_keys: list[str]) -> str:
-    """``<model>__<method>[__<key><value>...]__s<seed>``, from the values actually in the run's config."""
+def run_name(cfg: RunConfig, naming_keys: list[str], tag: str = "") -> str:
+    """``<model>__<method>[__<key><value>...][__<tag>]__s<seed>``, from the values actually in the run's config."""
     flat = _flat_config(cfg)
     parts = [model_short_name(cfg.model.name), cfg.method.name]
     for key in naming_keys:
         if key in ("model.name", "method.name") or key not in flat:
             continue
         parts.append(_safe(names_of(key, cfg.method.name).run) + _value_token(flat[key]))
-    return "__".join(parts + [f"s{cfg.seed}"])
+    return "__".join(parts + ([tag] if tag else []) + [f"s{cfg.seed}"])
 
 
 def _flat_config(cfg: RunConfig) -> dict[str, Any]:
     return flatten(dataclasses.asdict(cfg))
 
 
-def _name_runs(runs: dict[str, PlannedRun], naming: dict[str, tuple[list[str], RunConfig]], output: Path) -> None:
+def _name_runs(runs: dict[str, PlannedRun], naming: dict[str, tuple[list[str], RunConfig, str]],
+               output: Path) -> None:
     """Names every run; two different configs that would share a name get a short config hash each."""
-    names = {key: run_name(cfg, keys) for key, (keys, cfg) in naming.items()}
+    names = {key: run_name(cfg, keys, tag) for key, (keys, cfg, tag) in naming.items()}
     counts: dict[str, int] = {}
     for name in names.values():
         counts[name] = counts.get(name, 0) + 1

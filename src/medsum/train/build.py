@@ -17,11 +17,12 @@ from medsum.models import (
     cache_dir,
     count_parameters,
     family_of,
+    load_config,
     load_pretrained,
     load_tokenizer,
     parameter_report,
-    resolve_model_source,
 )
+from medsum.tiny_models import resolve_model_source
 from medsum.train.sampler import MicroBatchSampler, total_steps
 from medsum.train.tracking import TrackingPlace, check_available, tracker_objects
 
@@ -64,20 +65,31 @@ def setup(cfg: RunConfig, show_progress: bool = False, place: TrackingPlace | No
     check_available(cfg.train.report_to)
     splits = load_splits(cfg.data, show_progress=show_progress)
     source = resolve_model_source(cfg.model.name, splits["train"])
+    family = checked_family(cfg, source)
     tokenizer = load_tokenizer(source)
     model = load_pretrained(source, cfg.model.dropout)
-    family = family_of(model.config)
-    if cfg.train.precision == "fp16" and not family.fp16_safe:
-        raise MedsumError(f"train.precision: fp16 is not supported for {family.model_type} models (activations "
-                          f"overflow to NaN); use fp32 or bf16")
     accelerator, precision, autocast_dtype = make_accelerator(cfg.train.precision, tracker_objects(cfg, place),
                                                               cfg.run_dir)
     cfg = resolve_config(cfg, family, precision)
-    model, params, method_info = setup_model(cfg, model, source, family)
     check_run(cfg, splits, accelerator.num_processes)
     encoded = setup_data(cfg, splits, tokenizer, show_progress and accelerator.is_main_process)
+    steps, _ = total_steps(cfg, make_sampler(cfg, encoded, accelerator))
+    model, params, method_info = setup_model(cfg, model, source, family, steps)
     torch.set_float32_matmul_precision("high")  # TF32 on Ampere+ GPUs; no effect on CPU
     return Setup(cfg, accelerator, tokenizer, model, splits, encoded, source, params, method_info, autocast_dtype)
+
+
+def checked_family(cfg: RunConfig, source: str):
+    """The model's family, read from its configuration: a method or precision it cannot take is refused before
+    any weight is loaded."""
+    config = load_config(source)
+    family = family_of(config)
+    METHODS[cfg.method.name].check_family(family)
+    if cfg.train.precision == "fp16" and not family.fp16_safe:
+        raise MedsumError(f"train.precision: fp16 is not supported for {family.model_type} models (activations "
+                          f"overflow to NaN); use fp32 or bf16")
+    check_positions(cfg, family, config)
+    return family
 
 
 def check_inputs(cfg: RunConfig, show_progress: bool = False) -> None:
@@ -85,6 +97,16 @@ def check_inputs(cfg: RunConfig, show_progress: bool = False) -> None:
     processes, so that a typo is one line from the launcher, not one per process)."""
     splits = load_splits(cfg.data, show_progress=show_progress)
     resolve_model_source(cfg.model.name, splits["train"])
+
+
+def check_positions(cfg: RunConfig, family, config) -> None:
+    """Sources and targets must fit a family's position embeddings (BART, PEGASUS: 1,024); T5's are relative."""
+    limit = getattr(config, family.position_limit_key, None) if family.position_limit_key else None
+    for key, length in (("data.max_source_tokens", cfg.data.max_source_tokens),
+                        ("data.max_target_tokens", cfg.data.max_target_tokens)):
+        if limit is not None and length > limit:
+            raise MedsumError(f"{key}: {length} tokens exceed the {limit} positions of this {family.model_type} "
+                              f"model ({family.position_limit_key}); use at most {limit}, or a LongT5 model")
 
 
 def resolve_config(cfg: RunConfig, family, precision: str) -> RunConfig:
@@ -125,8 +147,9 @@ def make_accelerator(precision: str, trackers: list | None = None, run_dir: Path
 # ---------------------------------------------------------------------------------------------- the three parts
 
 
-def setup_model(cfg: RunConfig, model, source: str, family) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """The model wrapped by the run's method: (model, parameter report, what the method resolved)."""
+def setup_model(cfg: RunConfig, model, source: str, family, steps: int) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """The model wrapped by the run's method (``steps``: the run's optimizer steps): (model, parameter report, what
+    the method resolved)."""
     from accelerate.utils import set_seed
 
     base_params = count_parameters(model)["total"]
@@ -136,7 +159,8 @@ def setup_model(cfg: RunConfig, model, source: str, family) -> tuple[Any, dict[s
         model.config.use_cache = False
     set_seed(cfg.seed)  # new weights (LoRA, random prompts) are initialised from the run seed
     method = METHODS[cfg.method.name]
-    model = method.apply(model, cfg.method, ModelContext(cfg.model.name, source, family))
+    model = method.apply(model, cfg.method, ModelContext(cfg.model.name, source, family, steps))
+    method.prepare_generation(model)
     # new weights start equal on every process; dropout must not: one seed per process from here on
     set_seed(cfg.seed, device_specific=True)
     if cfg.train.gradient_checkpointing and method.saves_adapter:
@@ -170,14 +194,17 @@ def setup_optimizer(setup_: Setup) -> Training:
 
     cfg, accelerator = setup_.cfg, setup_.accelerator
     optimizer = make_optimizer(setup_.model, cfg)
-    lengths = setup_.encoded["train"].lengths()
-    sampler = MicroBatchSampler(lengths, cfg.train.batch_size, cfg.train.grad_accum, cfg.seed,
-                                accelerator.process_index, accelerator.num_processes)
+    sampler = make_sampler(cfg, setup_.encoded, accelerator)
     steps, per_epoch = total_steps(cfg, sampler)
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(steps * cfg.train.warmup_ratio), steps)
     model, optimizer = accelerator.prepare(setup_.model, optimizer)
     forward = torch.compile(model) if cfg.train.compile else model
     return Training(model, forward, optimizer, scheduler, sampler, steps, per_epoch)
+
+
+def make_sampler(cfg: RunConfig, encoded: dict[str, Any], accelerator) -> MicroBatchSampler:
+    return MicroBatchSampler(encoded["train"].lengths(), cfg.train.batch_size, cfg.train.grad_accum, cfg.seed,
+                             accelerator.process_index, accelerator.num_processes)
 
 
 def make_optimizer(model, cfg: RunConfig):

@@ -15,6 +15,7 @@ from medsum import evaluation, rundir
 from medsum.config import RunConfig
 from medsum.data import collate
 from medsum.errors import MedsumError
+from medsum.methods import METHODS
 from medsum.preemption import Preempted, StopSignals, stop_agreed
 from medsum.train.build import Setup, Training, setup_optimizer
 from medsum.train.tracking import Trackers
@@ -135,7 +136,8 @@ def _step(setup_: Setup, training: Training, progress: Progress, step: int, log_
     t0 = time.perf_counter()
     rows = [[setup_.encoded["train"][i] for i in micro] for micro in training.sampler.for_step(step)]
     learning_rate = training.scheduler.get_last_lr()[0]  # the rate this step trains at (read before it steps)
-    loss, tokens = train_step(setup_, training.model, training.optimizer, training.scheduler, rows, training.forward)
+    loss, tokens = train_step(setup_, training.model, training.optimizer, training.scheduler, rows, training.forward,
+                              step=step)
     seconds = time.perf_counter() - t0
     progress.train_seconds += seconds
     step_tokens = int(accelerator.reduce(torch.tensor(tokens, device=accelerator.device), reduction="sum"))
@@ -189,8 +191,9 @@ def _checkpoint(setup_: Setup, training: Training, progress: Progress, done: int
 
 
 def train_step(setup_: Setup, model, optimizer, scheduler, rows: list[list[dict]],
-               forward=None) -> tuple[float, int]:
-    """One optimizer step over this rank's micro-batches; returns (global mean token loss, real tokens seen).
+               forward=None, step: int = 0) -> tuple[float, int]:
+    """One optimizer step (``step``, 0-based) over this rank's micro-batches; returns (global mean token loss, real
+    tokens seen). The method's ``after_optimizer_step`` runs after the step, before the gradients are cleared.
 
     The loss is the mean over every label token of the global batch, whatever the split across processes and
     micro-batches, so 2 processes x batch 2 optimise the same objective as 1 process x batch 4.
@@ -219,6 +222,7 @@ def train_step(setup_: Setup, model, optimizer, scheduler, rows: list[list[dict]
                                     setup_.cfg.train.max_grad_norm)
     optimizer.step()
     scheduler.step()
+    METHODS[setup_.cfg.method.name].after_optimizer_step(_unwrap(setup_, model), step)
     optimizer.zero_grad(set_to_none=True)
     return float(accelerator.reduce(loss_sum, reduction="sum")) / max(global_tokens, 1.0), real_tokens
 

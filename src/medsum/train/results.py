@@ -15,20 +15,21 @@ from medsum import rundir
 from medsum.evaluate import SENTENCE_SPLITTER
 from medsum.evaluation import validation_rows
 from medsum.methods import METHODS
+from medsum.models import is_tiny
 from medsum.train.build import Setup
 from medsum.train.loop import Progress
 
 
 def save_weights(setup_: Setup, run_dir: Path) -> int:
-    """Saves what the method trained (adapter/ or model/), the tokenizer, and the tiny base model; returns the size
+    """Saves what the method trained (adapter/ or model/), the tokenizer, and a tiny model's base; returns the size
     in bytes of the trained weights."""
     method = METHODS[setup_.cfg.method.name]
     folder = run_dir / (rundir.ADAPTER if method.saves_adapter else rundir.MODEL)
     with rundir.atomic_dir(folder) as staging:
-        setup_.model.save_pretrained(staging)
+        method.save(setup_.model, staging)
     with rundir.atomic_dir(run_dir / rundir.TOKENIZER) as staging:
         setup_.tokenizer.save_pretrained(staging)
-    if setup_.cfg.model.name == "tiny":
+    if is_tiny(setup_.cfg.model.name):
         with rundir.atomic_dir(run_dir / rundir.BASE_MODEL) as staging:
             shutil.copytree(setup_.model_source, staging, dirs_exist_ok=True)
     return sum(p.stat().st_size for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
