@@ -147,9 +147,10 @@ def make_accelerator(precision: str, trackers: list | None = None, run_dir: Path
 # ---------------------------------------------------------------------------------------------- the three parts
 
 
-def setup_model(cfg: RunConfig, model, source: str, family, steps: int) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """The model wrapped by the run's method (``steps``: the run's optimizer steps): (model, parameter report, what
-    the method resolved)."""
+def setup_model(cfg: RunConfig, model, source: str, family,
+                steps: int | None = None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """The model wrapped by the run's method: (model, parameter report, what the method resolved). ``steps``: the
+    run's optimizer steps (AdaLoRA's schedule spans them; None outside a run)."""
     from accelerate.utils import set_seed
 
     base_params = count_parameters(model)["total"]
