@@ -27,6 +27,9 @@ SCRIPTS = {
                      "8"],
                     ["## Generation: medsum vs plain model.generate (tiny model)", "3/3",
                      "## ROUGE scoring: process pool vs one process", "identical"]),
+    "serve_load.py": (["--clients", "1", "3", "--min-requests", "3", "--num-beams", "1", "--max-new-tokens", "4"],
+                      ["## Serving under load: latency and throughput (medsum serve)", "| 1 | 3 | 3 |",
+                       "| 3 | 3 | 3 |"]),
 }
 
 

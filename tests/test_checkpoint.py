@@ -237,3 +237,76 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     assert [step for step, _ in ckpt.list_checkpoints(tmp_path / "checkpoints")] == [1, 2]
     assert ckpt.load_latest_checkpoint(tmp_path / "checkpoints")["state"]["step"] == 2
 
+
+
+# ---------------------------------------------------------------------------------------------- stop signals
+
+
+STOP_SETTINGS = ("seed=5", "train.max_steps=6", "train.eval_max_examples=2", "generate.num_beams=1")
+
+
+def signalling_train_step(monkeypatch, signum: int, on_call: int) -> list[int]:
+    """Wraps the loop's train_step: the process sends itself ``signum`` during its ``on_call``-th step."""
+    calls: list[int] = []
+    original = loop.train_step
+
+    def step(*args, **kwargs):
+        calls.append(len(calls) + 1)
+        if len(calls) == on_call:
+            os.kill(os.getpid(), signum)  # arrives mid-step: the step must still finish
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", step)
+    return calls
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
+def test_a_stop_signal_checkpoints_the_step_and_the_rerun_ends_like_an_uninterrupted_run(tmp_path, monkeypatch,
+                                                                                         signum):
+    from medsum.preemption import Preempted
+
+    clean = tmp_path / "clean"
+    train.run(tiny_run_config(clean, "lora", *STOP_SETTINGS), show_progress=False)
+    stopped = tmp_path / "stopped"
+    cfg = tiny_run_config(stopped, "lora", *STOP_SETTINGS)  # train.save_every stays 0: only the signal checkpoints
+    with monkeypatch.context() as patch:
+        signalling_train_step(patch, signum, on_call=3)
+        with pytest.raises(Preempted) as info:
+            train.run(cfg, show_progress=False)
+    assert (info.value.step, info.value.exit_code) == (3, 128 + signum)
+    assert signal.getsignal(signum) in (signal.default_int_handler, signal.SIG_DFL)  # the handlers are given back
+    assert [step for step, _ in ckpt.list_checkpoints(stopped / "checkpoints")] == [3]
+    assert not (stopped / "metrics.json").exists()
+    assert [r["step"] for r in read_jsonl(stopped / "train_log.jsonl") if "loss" in r] == [1, 2, 3]
+
+    calls = counting_train_step(monkeypatch)
+    train.run(cfg, show_progress=False)
+    assert len(calls) == 3, "the rerun trains steps 4 to 6 only"
+    assert outcome(stopped) == outcome(clean)
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_cli_exits_143_with_a_checkpoint_and_the_same_command_resumes(tmp_path):
+    """The issue's acceptance, smaller: SIGTERM to `medsum train` mid-training (default save_every 0)."""
+    settings = ("seed=5", "train.max_steps=12", "train.eval_max_examples=2")
+    clean = tmp_path / "clean"
+    train.run(tiny_run_config(clean, "lora", *settings), show_progress=False)
+
+    stopped = tmp_path / "stopped"
+    command = medsum_command("train", "--quiet", *tiny_overrides(stopped, "lora", *settings))
+    proc = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    log, deadline = stopped / "train_log.jsonl", time.time() + 300
+    while proc.poll() is None and time.time() < deadline and sum(
+            "loss" in r for r in (read_jsonl(log) if log.is_file() else [])) < 2:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    assert "SIGTERM received: stopped after step" in proc.stderr.read()
+    steps = [step for step, _ in ckpt.list_checkpoints(stopped / "checkpoints")]
+    assert len(steps) == 1 and 2 <= steps[0] < 12 and not (stopped / "metrics.json").exists()
+    rerun = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-500:]
+    assert f"resuming from {stopped / 'checkpoints' / f'step-{steps[0]}'}" in rerun.stdout
+    assert outcome(stopped) == outcome(clean)

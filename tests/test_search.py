@@ -133,7 +133,7 @@ def fake_train(calls: list, fail: set[str] = frozenset(), stop_after: int | None
     """A stand-in for medsum.train.run: validation ROUGE-1 peaks at a learning rate of 1e-2.5; ``stop_after``
     calls, it interrupts the study as a kill would (the trial it was training is left RUNNING)."""
 
-    def run(cfg, force=False, show_progress=True):
+    def run(cfg, force=False, show_progress=True, place=None):
         if stop_after is not None and len(calls) >= stop_after:
             raise KeyboardInterrupt
         calls.append(str(cfg.run_dir))

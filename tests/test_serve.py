@@ -7,14 +7,18 @@ copy whose lora_B is drawn at random (``perturbed_run``): otherwise "merged == a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import io
 import itertools
 import json
+import os
 import shutil
 import socket
+import sys
 import threading
 import time
+import typing
 import warnings
 from pathlib import Path
 
@@ -29,7 +33,7 @@ from medsum.config import load_run_config
 from medsum.errors import MedsumError
 from medsum.evaluate import generate_texts, generation_kwargs
 from medsum.serve import export_run, load_summarizer
-from medsum.serve.summarizer import resolve_generation
+from medsum.serve.summarizer import GENERATION_BOUNDS, resolve_generation
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sumpubmed"
 GREEDY = {"num_beams": 1}
@@ -128,14 +132,16 @@ def test_out_of_range_generation_settings_are_refused(summarizer, overrides):
 
 def test_generation_bounds_are_the_config_declarations_capped_for_requests():
     from medsum.config import GENERATION_SETTINGS
-    from medsum.serve.app import SummarizeRequest
+    from medsum.serve.schema import request_model
     from medsum.serve.summarizer import GENERATION_BOUNDS
 
     assert list(GENERATION_BOUNDS) == list(GENERATION_SETTINGS) == [
         "num_beams", "length_penalty", "no_repeat_ngram_size", "min_new_tokens", "max_new_tokens"]
     assert GENERATION_BOUNDS["num_beams"].describe() == "an integer in [1, 8]"
     assert GENERATION_BOUNDS["length_penalty"].describe() == "a number in (0, 5]"
-    assert set(SummarizeRequest.model_fields) == {"text", "texts", *GENERATION_SETTINGS}
+    one, many = (typing.get_args(member)[0] for member in typing.get_args(typing.get_args(request_model(4))[0]))
+    assert set(one.model_fields) == {"text", *GENERATION_SETTINGS}
+    assert set(many.model_fields) == {"texts", *GENERATION_SETTINGS}
     # a config may ask for more than a request may: a study can test 16 beams, a caller cannot
     assert load_run_config(None, ["generate.num_beams=16"]).generate.num_beams == 16
     with pytest.raises(MedsumError, match="generate.num_beams must be >= 1, got 0"):
@@ -288,17 +294,14 @@ def test_export_never_overwrites_and_leaves_no_partial_directory(lora_run, tmp_p
 # ---------------------------------------------------------------------------------------------- HTTP service
 
 
-@pytest.fixture(scope="module")
-def server(summarizer):
-    """A real uvicorn server on a free port, in a background thread."""
+@contextlib.contextmanager
+def running_server(app):
+    """A real uvicorn server for ``app`` on a free port, in a background thread."""
     import uvicorn
-
-    from medsum.serve.app import create_app
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    app = create_app(summarizer, max_body_bytes=100_000, max_texts=4)
     uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
@@ -307,9 +310,19 @@ def server(summarizer):
         if time.monotonic() > deadline or not thread.is_alive():
             pytest.fail("the test server did not start")
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    uv.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(summarizer):
+    from medsum.serve.app import create_app
+
+    with running_server(create_app(summarizer, max_body_bytes=100_000, max_texts=4)) as url:
+        yield url
 
 
 def _post(url: str, **kwargs) -> httpx.Response:
@@ -331,7 +344,10 @@ def test_service_answers_and_refuses_bad_input(server, summarizer):
         "empty text": {"json": {"text": "  "}},
         "too many texts": {"json": {"texts": ["a"] * 5}},
         "beams out of range": {"json": {"text": "a", "num_beams": 9}},
-        "min above max": {"json": {"text": "a", "min_new_tokens": 9, "max_new_tokens": 2}},
+        "both text and texts": {"json": {"text": "a", "texts": ["b"]}},
+        "empty texts": {"json": {"texts": []}},
+        "blank text in texts": {"json": {"texts": ["a", " \n"]}},
+        "beams as a string": {"json": {"text": "a", "num_beams": "2"}},
         "not UTF-8": {"content": b"\xff\xfe"},
         "not an object": {"json": ["a"]},
     }
@@ -346,6 +362,10 @@ def test_service_answers_and_refuses_bad_input(server, summarizer):
 
     again = _post(server, json={"text": ARTICLES[1]})
     assert again.status_code == 200 and again.json()["summary"].strip()
+    # what the schema cannot state (a relation between two fields) the server does not refuse: min is lowered
+    lowered = _post(server, json={"text": "a", "min_new_tokens": 9, "max_new_tokens": 2, "num_beams": 1})
+    assert lowered.status_code == 200
+    assert _post(server, json={"text": "a", "max_new_tokens": 2.0, "num_beams": 1}).status_code == 200  # 2.0 is 2
 
 
 def test_a_failed_generation_answers_500_and_the_service_goes_on(server, summarizer, monkeypatch):
@@ -376,6 +396,78 @@ def test_requests_that_arrive_together_share_a_generate_call(server):
 def test_openapi_page(server):
     assert httpx.get(server + "/docs").status_code == 200
     assert "/summarize" in httpx.get(server + "/openapi.json").json()["paths"]
+
+
+def test_the_schema_states_what_the_server_enforces(server):
+    spec = httpx.get(server + "/openapi.json").json()
+    operation = spec["paths"]["/summarize"]["post"]
+    body = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert [ref["$ref"].rsplit("/", 1)[1] for ref in body["oneOf"]] == ["TextRequest", "TextsRequest"]
+    schemas = spec["components"]["schemas"]
+    one, many = schemas["TextRequest"], schemas["TextsRequest"]
+    assert one["required"] == ["text"] and many["required"] == ["texts"]
+    assert one["additionalProperties"] is False and many["additionalProperties"] is False
+    assert one["properties"]["text"]["pattern"] == r"\S" and many["properties"]["texts"]["items"]["pattern"] == r"\S"
+    texts = many["properties"]["texts"]
+    assert (texts["minItems"], texts["maxItems"]) == (1, 4)  # the server fixture's max_texts
+    for key, bound in GENERATION_BOUNDS.items():
+        field = one["properties"][key]
+        assert field["type"] == ("integer" if bound.kind is int else "number")
+        low = "exclusiveMinimum" if bound.bound.low_open else "minimum"
+        assert (field[low], field["maximum"]) == (bound.bound.low, bound.bound.high)
+    assert sorted(operation["responses"]) == ["200", "400", "413", "422", "500", "503"]
+    assert "Retry-After" in operation["responses"]["503"]["headers"]
+
+
+class SlowSummarizer:
+    """A stand-in summariser whose generate() takes ``seconds``: enough to fill a small queue."""
+
+    def __init__(self, summarizer, seconds: float):
+        self.cfg, self.seconds, self.calls = summarizer.cfg, seconds, []
+        self.generation_settings = summarizer.generation_settings
+
+    def generate(self, texts, settings):
+        self.calls.append(len(texts))
+        time.sleep(self.seconds)
+        return [f"summary of {len(t)} characters" for t in texts]
+
+
+def test_an_overloaded_server_answers_503_with_retry_after(summarizer):
+    from medsum.serve.app import create_app
+
+    slow = SlowSummarizer(summarizer, seconds=1.0)
+    with running_server(create_app(slow, max_texts=2, max_queue=3)) as url:
+        async def burst() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=60) as client:
+                first = asyncio.create_task(client.post(url + "/summarize", json={"text": "busy"}))
+                await asyncio.sleep(0.3)  # the first generate() is under way: the queue is empty again
+                return [await first, *await asyncio.gather(
+                    *(client.post(url + "/summarize", json={"texts": ["a", "b"]}) for _ in range(3)))]
+
+        responses = asyncio.run(burst())
+        codes = sorted(r.status_code for r in responses)
+        assert codes == [200, 200, 503, 503], "one request of 2 texts fits the queue of 3; two more do not"
+        refused = next(r for r in responses if r.status_code == 503)
+        assert int(refused.headers["Retry-After"]) >= 1 and "overloaded" in refused.json()["detail"]
+        assert httpx.get(url + "/health").json()["queued_texts"] == 0
+        assert _post(url, json={"texts": ["a", "b"]}).status_code == 200  # drained: answered again
+
+
+@pytest.mark.slow
+def test_schemathesis_finds_nothing_the_schema_does_not_state(summarizer, tmp_path):
+    """schemathesis with every check against the service (a fast stand-in generate(), the real request handling)."""
+    import shutil
+    import subprocess
+
+    from medsum.serve.app import create_app
+
+    tool = shutil.which("schemathesis") or str(Path(sys.executable).parent / "schemathesis")
+    with running_server(create_app(SlowSummarizer(summarizer, seconds=0.0), max_texts=4)) as url:
+        done = subprocess.run([tool, "run", url + "/openapi.json", "--checks", "all", "-n", "60", "--seed", "1",
+                               "--workers", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "NO_COLOR": "1"})
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "Schema validation mismatch" not in done.stdout
 
 
 # ---------------------------------------------------------------------------------------------- CLI

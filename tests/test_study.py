@@ -159,13 +159,21 @@ def test_cli_refuses_a_bad_grid_in_one_line_and_writes_nothing(tmp_path, capsys)
 # ---------------------------------------------------------------------------------------------- lock and executors
 
 
-def fake_train(calls: list, fail: set[str] = frozenset()):
-    """A stand-in for medsum.train.run that writes what the report reads, in milliseconds."""
+def fake_train(calls: list, fail: set[str] = frozenset(), stop: set[str] = frozenset(), places: list | None = None):
+    """A stand-in for medsum.train.run that writes what the report reads, in milliseconds; the runs in ``stop``
+    end as a stop signal ends them (Preempted, after a checkpoint)."""
+    import signal
 
-    def run(cfg, force=False, show_progress=True):
+    from medsum.preemption import Preempted
+
+    def run(cfg, force=False, show_progress=True, place=None):
         calls.append(cfg.name)
+        if places is not None:
+            places.append(place)
         if cfg.name in fail:
             raise RuntimeError("simulated crash")
+        if cfg.name in stop:
+            raise Preempted(signal.SIGTERM, 3, str(cfg.run_dir / "checkpoints" / "step-3"))
         rundir.write_config(cfg.run_dir, {"seed": cfg.seed, "model": {"name": cfg.model.name},
                                           "method": {"name": cfg.method.name}})
         scores = {"rouge1": 10.0 + cfg.seed, "rouge2": 1.0, "rougeL": 5.0, "rougeLsum": 6.0}
@@ -201,6 +209,29 @@ def test_a_failed_run_does_not_stop_the_others_and_is_retried(spec_file, tmp_pat
     assert calls == ["tiny__full__s1"]  # only the failed run trains again
     assert not (out / "runs" / "tiny__full__s1" / "error.txt").exists()
     assert "4 done" in study.status_table(out)
+
+
+def test_a_stopped_run_is_interrupted_not_failed_and_resumes(spec_file, tmp_path, monkeypatch):
+    from medsum.preemption import Preempted
+
+    calls: list[str] = []
+    places: list = []
+    monkeypatch.setattr("medsum.train.run", fake_train(calls, stop={"tiny__full__s2"}, places=places))
+    out = tmp_path / "out"
+    with pytest.raises(Preempted):
+        study.run_study(spec_file, out, [], show_progress=False)
+    assert calls[-1] == "tiny__full__s2"  # the signal stopped the study at this run
+    table = study.status_table(out)
+    assert "1 interrupted" in table and "tiny__full__s2  interrupted" in table and "SIGTERM after step 3" in table
+    assert "0 failed" in table.splitlines()[0]
+    assert not (out / "runs" / "tiny__full__s2" / "error.txt").exists()
+    # every run of the study logs to one experiment named after it, with its store in the study directory
+    assert {(p.experiment, p.store_dir) for p in places} == {("fake", out.resolve())}
+    calls.clear()
+    monkeypatch.setattr("medsum.train.run", fake_train(calls))
+    study.run_study(spec_file, out, [], show_progress=False)
+    assert "tiny__full__s2" in calls and "4 done" in study.status_table(out)
+    assert not (out / "runs" / "tiny__full__s2" / rundir.INTERRUPTED).exists()
 
 
 def test_a_locked_study_directory_is_refused(spec_file, tmp_path, monkeypatch):

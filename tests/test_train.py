@@ -262,7 +262,7 @@ class Retrained(Exception):
 
 
 def test_force_retrains_a_finished_run(tiny_runs, monkeypatch):
-    def refuse(cfg, show_progress=False):
+    def refuse(cfg, show_progress=False, place=None):
         raise Retrained
 
     monkeypatch.setattr(train, "setup", refuse)

@@ -10,8 +10,14 @@ import warnings
 from pathlib import Path
 
 from medsum.errors import MedsumError
+from medsum.preemption import Preempted
 
 EXAMPLES_TRAIN = """\
+preemption: SIGTERM (a SLURM preemption, a Kubernetes eviction) or SIGINT (Ctrl-C) ends the optimizer step under
+  way (and a validation due at it), writes a checkpoint to RUN_DIR/checkpoints/step-N/ and exits with 128 + the
+  signal's number: 143 after SIGTERM, 130 after SIGINT. The same command resumes from that checkpoint to the same
+  result as an uninterrupted run. Exit codes: 0 done, 1 internal error, 2 bad input, 143/130 stopped by a signal.
+
 examples:
   medsum train configs/lora.yaml
   medsum train model.name=tiny data.path=../shared/data/sumpubmed method.name=prompt_tuning seed=3 output_dir=runs/pt-s3
@@ -50,7 +56,8 @@ def _method_labels() -> str:
 def _add_train(sub) -> None:
     p = sub.add_parser(
         "train", help=f"train one run ({_method_labels()}) into a run directory",
-        description="Train, select on validation ROUGE-1, test with beam search and write one run directory.",
+        description="Train, select on validation ROUGE-1, test with beam search and write one run directory. "
+                    "Rerunning the same command resumes an unfinished run from its newest checkpoint.",
         epilog=EXAMPLES_TRAIN + "\n" + _config_reference(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("items", nargs="*", metavar="[CONFIG] key=value", help="optional YAML config, then overrides")
     p.add_argument("--force", action="store_true", help="retrain even if output_dir holds a finished run")
@@ -114,12 +121,24 @@ def _add_use(sub) -> None:
     p.add_argument("run", metavar="RUN_DIR")
     p.add_argument("--output", required=True, metavar="DIR")
     p.add_argument("--merge", action="store_true", help="merge LoRA weights into the base model (no peft needed)")
-    p = sub.add_parser("serve", help="serve a trained run over HTTP (FastAPI)")
-    p.add_argument("--run", required=True, metavar="RUN_DIR")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-body-bytes", type=int, default=1_000_000)
-    p.add_argument("--max-texts", type=int, default=16)
+    p = sub.add_parser(
+        "serve", help="serve a trained run over HTTP (FastAPI)",
+        description="Serves RUN_DIR's summariser over HTTP: POST /summarize, GET /health, the OpenAPI page at "
+                    "/docs and its schema at /openapi.json (which states every rule and status). Requests arriving "
+                    "together share one generate() call. Details: docs/serving.md.",
+        epilog="example:\n  medsum serve --run runs/tiny-lora --port 9000 --max-texts 32",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="a finished run directory (holding metrics.json)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default: 127.0.0.1, this machine only; there is no authentication)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port to listen on (default: 8000; 0: any free one)")
+    p.add_argument("--max-body-bytes", type=int, default=1_000_000, metavar="N",
+                   help="refuse request bodies larger than N bytes with 413, before holding them (default: 1000000)")
+    p.add_argument("--max-texts", type=int, default=16, metavar="N",
+                   help='at most N texts in one request\'s "texts" (default: 16)')
+    p.add_argument("--max-queue", type=int, default=256, metavar="N",
+                   help="at most N texts wait for generation; a request beyond that is answered 503 with "
+                        "Retry-After (default: 256; at least --max-texts)")
 
 
 def _add_evaluate(sub) -> None:
@@ -175,8 +194,13 @@ def cmd_train(args) -> int:
 
 
 def _launch_processes(nproc: int, items: list[str], args) -> int:
-    """Re-runs this command under torchrun with ``nproc`` processes (gloo on CPU, NCCL on GPUs)."""
+    """Re-runs this command under torchrun with ``nproc`` processes (gloo on CPU, NCCL on GPUs). SIGTERM sent to
+    this process is passed on (torchrun hands it to every process, which checkpoint and stop together); SIGINT
+    (Ctrl-C) reaches them from the terminal already."""
+    import signal
     import subprocess
+
+    from medsum.preemption import exit_code
 
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "medsum"] + (["--debug"] if args.debug else []) + ["train", *items]
@@ -184,7 +208,22 @@ def _launch_processes(nproc: int, items: list[str], args) -> int:
         command.append("--force")
     if args.quiet:
         command.append("--quiet")
-    return subprocess.call(command, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    child = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    received: list[int] = []
+
+    def note(signum, frame) -> None:
+        if not received:
+            received.append(signum)
+            if signum == signal.SIGTERM:
+                child.send_signal(signum)
+
+    previous = {s: signal.signal(s, note) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return exit_code(received[0]) if received and code != 0 else code
 
 
 def cmd_params(args) -> int:
@@ -264,7 +303,8 @@ def cmd_export(args) -> int:
 def cmd_serve(args) -> int:
     from medsum.serve import serve
 
-    serve(args.run, host=args.host, port=args.port, max_body_bytes=args.max_body_bytes, max_texts=args.max_texts)
+    serve(args.run, host=args.host, port=args.port, max_body_bytes=args.max_body_bytes, max_texts=args.max_texts,
+          max_queue=args.max_queue)
     return 0
 
 
@@ -313,6 +353,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         return COMMANDS[args.command](args)
+    except Preempted as stopped:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"medsum: {stopped}", file=sys.stderr)
+        return stopped.exit_code
     except MedsumError as err:
         if args.debug:
             raise

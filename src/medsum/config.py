@@ -43,6 +43,7 @@ def _method_name_help() -> str:
     return f"Adaptation method: {' | '.join(METHODS)}."
 
 
+REPORT_TO = ("tensorboard", "mlflow", "wandb")  # the trackers of train.report_to (medsum.train.tracking)
 _POSITIVE, _NON_NEGATIVE, _AT_LEAST_ONE = Bound(0, low_open=True), Bound(0), Bound(1)
 _PROBABILITY = Bound(0, 1, high_open=True)
 
@@ -131,6 +132,12 @@ class TrainConfig:
                               bound=_NON_NEGATIVE)
     keep_checkpoints: int = setting(2, "How many of the newest checkpoints to keep on disk.", bound=_AT_LEAST_ONE)
     log_every: int = setting(1, "Write a train_log.jsonl line every N optimizer steps.", bound=_AT_LEAST_ONE)
+    report_to: list[str] = setting(
+        [], "Experiment trackers that also receive the loss, learning rate, tokens/s, validation and test ROUGE and "
+            "the config: any of tensorboard | mlflow | wandb ([]: none). TensorBoard writes RUN_DIR/tensorboard/; "
+            "MLflow a local store RUN_DIR/mlflow.db (a study's: STUDY_DIR/mlflow.db) unless MLFLOW_TRACKING_URI is "
+            "set; W&B honours WANDB_MODE=offline. Needs pip install 'medsum[trackers]' (W&B: wandb)."
+    )
 
 
 @dataclass
@@ -247,6 +254,9 @@ def _validate_values(cfg: RunConfig) -> list[str]:
     errors = [] if 0 <= cfg.seed < 2**32 else [f"seed must be in [0, 2**32), got {cfg.seed}"]
     for section in SECTIONS:
         errors += bound_errors(section, getattr(cfg, section))
+    unknown = [name for name in cfg.train.report_to if name not in REPORT_TO]
+    if unknown:
+        errors.append(f"train.report_to: unknown tracker {unknown[0]!r} (known: {', '.join(REPORT_TO)})")
     if cfg.train.precision not in ("auto", "fp32", "bf16", "fp16"):
         errors.append(f"train.precision must be auto, fp32, bf16 or fp16, got {cfg.train.precision!r}")
     g = cfg.generate

@@ -19,8 +19,11 @@ What a study adds:
     study.json           its place in the study: {"study", "grid": bool, "sweeps": {name: {key, value}}}
     running.json         {"pid", "host", "started"} while a process trains the run
     error.txt            why the last attempt failed (first line: the message; then the traceback)
+    interrupted.json     {"signal", "step", "checkpoint"}: a stop signal (SIGTERM, SIGINT) stopped the last attempt
+                         after writing a checkpoint; the next ``study run`` resumes it
+    mlflow.db            (in the study directory) the study's MLflow store when its runs set train.report_to
 Status, first match wins: done (metrics.json) > running (running.json of a live process) > failed (error.txt) >
-pending.
+interrupted (interrupted.json) > pending.
 """
 
 from __future__ import annotations
@@ -54,11 +57,12 @@ METRICS = "metrics.json"
 MEMBERSHIP = "study.json"
 RUNNING = "running.json"
 ERROR = "error.txt"
+INTERRUPTED = "interrupted.json"
 SEARCH = "search"  # a study's DIR/runs/search/<model>/<method>/trial-N/: the search's trials, run directories too
 # what a run writes, all removed when it starts over (--force); a study's membership stays
 OUTPUTS = (CHECKPOINTS, ADAPTER, MODEL, BASE_MODEL, TOKENIZER, PREDICTIONS, METRICS, TRAIN_LOG, CONFIG, ERROR,
-           PARTIAL_PREDICTIONS)
-STATUSES = ("done", "running", "failed", "pending")
+           PARTIAL_PREDICTIONS, INTERRUPTED)
+STATUSES = ("done", "running", "failed", "interrupted", "pending")
 
 
 @dataclass
@@ -115,6 +119,8 @@ def status(run_dir: str | Path) -> str:
         return "running"
     if (run_dir / ERROR).is_file():
         return "failed"
+    if (run_dir / INTERRUPTED).is_file():
+        return "interrupted"
     return "pending"
 
 

@@ -81,4 +81,7 @@ def read_run(path: Path) -> RunRecord:
         record.metrics = rundir.read_json(path / rundir.METRICS)
     elif status == "failed":
         record.error = rundir.error_message(path)
+    elif status == "interrupted":
+        stop = rundir.read_json(path / rundir.INTERRUPTED)
+        record.error = f"{stop.get('signal')} after step {stop.get('step')}; the next study run resumes it"
     return record

@@ -3,7 +3,8 @@
     summarizer.py   load a run directory (adapter checked), validate generation settings, summarise
     command.py      medsum summarize FILE... | -
     export.py       medsum export RUN_DIR --output DIR [--merge]
-    app.py          medsum serve: FastAPI app, body limit, request batching
+    app.py          medsum serve: FastAPI app, body limit, request batching, the bounded queue (503)
+    schema.py       the HTTP API's contract: request and response models, every status
 """
 
 from medsum.serve.app import create_app, serve

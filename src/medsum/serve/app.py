@@ -9,7 +9,9 @@
 Bad input is a 4xx with a JSON {"detail": ...}, never a 500: bodies over the limit are refused (413) before they
 are held in memory, from the declared Content-Length or by counting the bytes that actually arrive (a chunked or
 lying body). Requests that arrive within a few milliseconds of each other share one generate() call, run in a
-worker thread so that the event loop keeps answering meanwhile.
+worker thread so that the event loop keeps answering meanwhile. The queue of texts waiting for generation is
+bounded (``max_queue``): past it a request is answered 503 with Retry-After at once, instead of being held in
+memory. The OpenAPI schema (``medsum.serve.schema``) states every rule above and every status.
 """
 
 from __future__ import annotations
@@ -17,56 +19,28 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
-
 from medsum.errors import MedsumError
-from medsum.serve.summarizer import GENERATION_BOUNDS, Summarizer, checked_texts
+from medsum.serve.schema import RESPONSES, Health, SummariesResponse, SummaryResponse, request_model
+from medsum.serve.summarizer import Summarizer, checked_texts
 
 BATCH_WINDOW_SECONDS = 0.01
 MAX_TEXTS_PER_GENERATE = 64
+DEFAULT_MAX_QUEUE = 256
 log = logging.getLogger("medsum.serve")
 
 
-class _Texts(BaseModel):
-    """Exactly one of ``text`` and ``texts``, plus optional generation settings."""
+class Overloaded(Exception):  # noqa: N818 (a state of the service, answered 503)
+    """More texts wait for generation than the queue may hold; ``retry_after``: seconds until it has drained."""
 
-    # strict: "4" is not a number of beams; forbid: a misspelt setting is an error, not silently ignored
-    model_config = ConfigDict(strict=True, extra="forbid")
-
-    text: str | None = Field(None, description="One text to summarise.")
-    texts: list[str] | None = Field(None, description="Several texts, summarised together.")
-
-    def overrides(self) -> dict[str, Any]:
-        return {key: getattr(self, key) for key in GENERATION_BOUNDS if getattr(self, key) is not None}
-
-
-# the generation settings as optional fields, each typed and described as config.GenerateConfig declares it
-SummarizeRequest = create_model("SummarizeRequest", __base__=_Texts, __doc__=_Texts.__doc__, **{
-    key: (bound.kind | None, Field(None, description=f"{bound.describe()}; default: the run's generate.{key}"))
-    for key, bound in GENERATION_BOUNDS.items()})
-
-
-class SummaryResponse(BaseModel):
-    summary: str
-
-
-class SummariesResponse(BaseModel):
-    summaries: list[str]
-
-
-def request_texts(request: SummarizeRequest, max_texts: int) -> list[str]:
-    if (request.text is None) == (request.texts is None):
-        raise MedsumError('give exactly one of "text" (a string) and "texts" (a list of strings)')
-    texts = [request.text] if request.text is not None else request.texts
-    if not texts:
-        raise MedsumError('"texts" is empty')
-    if len(texts) > max_texts:
-        raise MedsumError(f'"texts" holds {len(texts)} texts; at most {max_texts} per request')
-    return checked_texts(texts)
+    def __init__(self, queued: int, retry_after: int):
+        super().__init__(f"overloaded: {queued} texts wait for generation; retry after {retry_after} s")
+        self.retry_after = retry_after
 
 
 # ---------------------------------------------------------------------------------------------- body limit
@@ -149,17 +123,25 @@ class Batcher:
     """Collects the requests that arrive within ``window`` seconds and runs one generate() per distinct setting."""
 
     def __init__(self, summarizer: Summarizer, window: float = BATCH_WINDOW_SECONDS,
-                 max_texts: int = MAX_TEXTS_PER_GENERATE):
+                 max_texts: int = MAX_TEXTS_PER_GENERATE, max_queue: int = DEFAULT_MAX_QUEUE):
         self.summarizer = summarizer
         self.window = window
         self.max_texts = max_texts
+        self.max_queue = max_queue
         self.queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self.queued_texts = 0
         self.batches = 0
         self.requests = 0
+        self.seconds_per_text = 0.0  # of the last generate(), for Retry-After
 
     async def submit(self, texts: list[str], settings: dict[str, Any]) -> list[str]:
+        """The summaries of ``texts``; raises Overloaded when the queue cannot take them."""
+        if self.queued_texts + len(texts) > self.max_queue:
+            wait = self.seconds_per_text * (self.queued_texts + len(texts))
+            raise Overloaded(self.queued_texts, max(1, math.ceil(wait)))
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put(_Job(texts, settings, future))
+        self.queued_texts += len(texts)
+        self.queue.put_nowait(_Job(texts, settings, future))
         return await future
 
     async def run_forever(self) -> None:
@@ -174,10 +156,12 @@ class Batcher:
         # get_nowait after a sleep, not wait_for(get()): a timed-out get may swallow a job
         while not self.queue.empty() and sum(len(job.texts) for job in jobs) < self.max_texts:
             jobs.append(self.queue.get_nowait())
+        self.queued_texts -= sum(len(job.texts) for job in jobs)
         return jobs
 
     async def _run(self, jobs: list[_Job]) -> None:
         texts = [text for job in jobs for text in job.texts]
+        started = time.perf_counter()
         try:
             summaries = await asyncio.to_thread(self.summarizer.generate, texts, jobs[0].settings)
         except Exception as err:  # a failed generate answers its requests with an error; the service goes on
@@ -186,6 +170,7 @@ class Batcher:
                 if not job.future.done():
                     job.future.set_exception(err)
             return
+        self.seconds_per_text = (time.perf_counter() - started) / len(texts)
         self.batches += 1
         self.requests += len(jobs)
         start = 0
@@ -205,13 +190,12 @@ def _by_settings(jobs: list[_Job]) -> list[list[_Job]]:
 # ---------------------------------------------------------------------------------------------- app
 
 
-def create_app(summarizer: Summarizer, max_body_bytes: int = 1_000_000, max_texts: int = 16):
+def create_app(summarizer: Summarizer, max_body_bytes: int = 1_000_000, max_texts: int = 16,
+               max_queue: int = DEFAULT_MAX_QUEUE):
     """The FastAPI application serving ``summarizer``."""
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
+    from fastapi import FastAPI
 
-    batcher = Batcher(summarizer, max_texts=max(MAX_TEXTS_PER_GENERATE, max_texts))
+    batcher = Batcher(summarizer, max_texts=max(MAX_TEXTS_PER_GENERATE, max_texts), max_queue=max_queue)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -223,6 +207,15 @@ def create_app(summarizer: Summarizer, max_body_bytes: int = 1_000_000, max_text
     app = FastAPI(title="medsum", lifespan=lifespan,
                   description=f"Summaries from run {cfg.run_name} ({cfg.method.name} on {cfg.model.name}).")
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    _add_error_handlers(app)
+    _add_routes(app, summarizer, batcher, max_texts)
+    return app
+
+
+def _add_error_handlers(app) -> None:
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
 
     @app.exception_handler(MedsumError)
     async def refuse(request: Request, err: MedsumError) -> JSONResponse:
@@ -234,27 +227,37 @@ def create_app(summarizer: Summarizer, max_body_bytes: int = 1_000_000, max_text
         detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in err.errors()]
         return JSONResponse(status_code=422, content={"detail": detail})
 
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Request, err: Overloaded) -> JSONResponse:
+        return JSONResponse(status_code=503, content={"detail": str(err)},
+                            headers={"Retry-After": str(err.retry_after)})
+
     @app.exception_handler(Exception)
     async def internal(request: Request, err: Exception) -> JSONResponse:
         return JSONResponse(status_code=500, content={"detail": f"internal error: {type(err).__name__}: {err}"})
 
-    @app.get("/health")
+
+def _add_routes(app, summarizer: Summarizer, batcher: Batcher, max_texts: int) -> None:
+    cfg = summarizer.cfg
+
+    @app.get("/health", response_model=Health)
     async def health() -> dict:
         return {"status": "ok", "run": cfg.run_name, "method": cfg.method.name, "model": cfg.model.name,
-                "batches": batcher.batches, "requests": batcher.requests}
+                "batches": batcher.batches, "requests": batcher.requests, "queued_texts": batcher.queued_texts}
 
-    @app.post("/summarize", response_model=SummaryResponse | SummariesResponse,
-              responses={413: {"description": "body too large"}, 422: {"description": "invalid request"}})
-    async def summarize(request: SummarizeRequest) -> dict:
-        texts = request_texts(request, max_texts)
-        summaries = await batcher.submit(texts, summarizer.generation_settings(**request.overrides()))
-        return {"summary": summaries[0]} if request.text is not None else {"summaries": summaries}
+    async def summarize(request) -> dict:
+        single = hasattr(request, "text")
+        texts = checked_texts([request.text] if single else request.texts)
+        summaries = await batcher.submit(texts, summarizer.generation_settings(lower_min=True, **request.overrides()))
+        return {"summary": summaries[0]} if single else {"summaries": summaries}
 
-    return app
+    summarize.__annotations__["request"] = request_model(max_texts)  # built per app: it knows --max-texts
+    app.post("/summarize", response_model=SummaryResponse | SummariesResponse, responses=RESPONSES,
+             summary="Summarise one text or several")(summarize)
 
 
 def serve(run: str, host: str = "127.0.0.1", port: int = 8000, max_body_bytes: int = 1_000_000,
-          max_texts: int = 16) -> None:
+          max_texts: int = 16, max_queue: int = DEFAULT_MAX_QUEUE) -> None:
     """Loads the run and serves it until interrupted."""
     import uvicorn
 
@@ -264,8 +267,10 @@ def serve(run: str, host: str = "127.0.0.1", port: int = 8000, max_body_bytes: i
         raise MedsumError(f"--max-body-bytes must be >= 1, got {max_body_bytes}")
     if max_texts < 1:
         raise MedsumError(f"--max-texts must be >= 1, got {max_texts}")
+    if max_queue < max_texts:
+        raise MedsumError(f"--max-queue must be >= --max-texts ({max_texts}), got {max_queue}")
     if not 0 <= port <= 65535:
         raise MedsumError(f"--port must be in [0, 65535], got {port}")
-    app = create_app(load_summarizer(run), max_body_bytes=max_body_bytes, max_texts=max_texts)
+    app = create_app(load_summarizer(run), max_body_bytes=max_body_bytes, max_texts=max_texts, max_queue=max_queue)
     print(f"serving {run} on http://{host}:{port} (API docs: http://{host}:{port}/docs)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="info")

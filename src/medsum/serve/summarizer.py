@@ -56,15 +56,17 @@ def _checked_setting(key: str, value: Any) -> int | float:
     return value
 
 
-def resolve_generation(defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+def resolve_generation(defaults: dict[str, Any], overrides: dict[str, Any],
+                       lower_min: bool = False) -> dict[str, Any]:
     """generate() keyword arguments: the run's settings with the caller's (checked) overrides on top.
 
     A smaller max_new_tokens alone lowers the run's min_new_tokens with it, so `max_new_tokens=16` works on a run
-    tested with min_new_tokens=30; only an explicit min above the max is refused.
+    tested with min_new_tokens=30; an explicit min above the max is refused, or with ``lower_min`` (the HTTP
+    service, whose schema cannot state a relation between two fields) lowered to the max.
     """
     given = {key: _checked_setting(key, value) for key, value in overrides.items() if value is not None}
     values = {**defaults, **given}
-    if "min_new_tokens" not in given:
+    if "min_new_tokens" not in given or lower_min:
         values["min_new_tokens"] = min(values["min_new_tokens"], values["max_new_tokens"])
     if values["min_new_tokens"] > values["max_new_tokens"]:
         raise MedsumError(f"min_new_tokens ({values['min_new_tokens']}) must not exceed max_new_tokens "
@@ -180,8 +182,8 @@ class Summarizer:
     def default_generation(self) -> dict[str, Any]:
         return {key: getattr(self.cfg.generate, key) for key in GENERATION_BOUNDS}
 
-    def generation_settings(self, **overrides: Any) -> dict[str, Any]:
-        return resolve_generation(self.default_generation, overrides)
+    def generation_settings(self, lower_min: bool = False, **overrides: Any) -> dict[str, Any]:
+        return resolve_generation(self.default_generation, overrides, lower_min)
 
     def summarize(self, text: str | list[str], **overrides: Any) -> str | list[str]:
         """One summary for a string, a list of summaries for a list; ``overrides`` are generation settings."""

@@ -33,6 +33,7 @@ from medsum.errors import MedsumError
 from medsum.report.runs import load_runs, load_trials
 from medsum.study import tuning
 from medsum.study.spec import PlannedRun, StudySpec, baseline_config, expand, load_spec
+from medsum.train.tracking import TrackingPlace
 
 __all__ = ["run_study", "run_spec", "status_table", "study_lock", "load_spec", "expand"]
 
@@ -74,11 +75,12 @@ def run_spec(spec: StudySpec, output: Path, overrides: list[str], executor: str 
         pending = [run for run in runs if not _finished(run)]
         print(f"study {spec.name}: {len(runs)} runs, {len(runs) - len(pending)} already done, {len(pending)} to run "
               f"({executor} executor) -> {output}", flush=True)
+        place = TrackingPlace(spec.name, output)  # one experiment per study, its store in the study directory
         statuses = executors.run_baselines(baselines)
         if ray is not None:
-            statuses.update(executors.run_ray(ray, pending, show_progress, spec.ray))
+            statuses.update(executors.run_ray(ray, pending, show_progress, spec.ray, place))
         else:
-            statuses.update(executors.run_local(pending, show_progress))
+            statuses.update(executors.run_local(pending, show_progress, place))
         report = write_report(output)
     print("\n" + summary_text(output) + f"\n\nreport: {report / 'summary.md'}", flush=True)
     _raise_if_failed(statuses, len(runs) + len(baselines), report)
@@ -93,7 +95,8 @@ def _tuned_runs(spec: StudySpec, parsed: list, output: Path, targets: list, ray)
     """Runs the searches, then plans the grid with their choices; returns (runs, searches that chose nothing)."""
     from medsum.study import executors
 
-    pool = executors.RayPool(ray, spec.ray) if ray is not None else executors.LocalPool(show_progress=False)
+    place = TrackingPlace(spec.name, output)  # a search's trials log to the study's experiment too
+    pool = executors.RayPool(ray, spec.ray, place) if ray is not None else executors.LocalPool(False, place)
     chosen = tuning.run_searches(spec, targets, output, pool)
     runs = expand(spec, parsed, output, tuned=chosen)
     stale = tuning.stale_runs(runs)
@@ -203,7 +206,7 @@ def status_table(output: Path) -> str:
     lines.append(f"{'run':<{width}}  {'status':<8}  {'ROUGE-1':>7}  detail")
     for record in records:
         rouge1 = record.metrics.get("test", {}).get("rouge1")
-        detail = record.error if record.status == "failed" else ""
+        detail = record.error if record.status in ("failed", "interrupted") else ""
         if record.status == "running":
             marker = rundir.running_process(record.path) or {}
             detail = f"pid {marker.get('pid')} on {marker.get('host')}"

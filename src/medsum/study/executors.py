@@ -14,6 +14,7 @@ parallel on Ray.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import time
 import traceback
@@ -27,17 +28,20 @@ from medsum import rundir
 from medsum.baselines import BaselineRun
 from medsum.config import RunConfig
 from medsum.errors import MedsumError
+from medsum.preemption import Preempted
 from medsum.study.spec import PlannedRun
+from medsum.train.tracking import TrackingPlace
 
 # variables a Ray worker on another node needs to find data, caches and offline mode as the driver does
 FORWARDED_ENV_PREFIXES = ("HF_", "MEDSUM_", "TRANSFORMERS_", "TOKENIZERS_")
 
 
-def execute_run(cfg: RunConfig, show_progress: bool = True) -> str:
+def execute_run(cfg: RunConfig, show_progress: bool = True, place: TrackingPlace | None = None) -> str:
     """Trains one run; ``running.json`` marks it while it works and ``error.txt`` keeps why it failed.
 
-    A failure is recorded and returned ("failed"), never raised, so one bad run does not stop a study;
-    KeyboardInterrupt still stops everything.
+    A failure is recorded and returned ("failed"), never raised, so one bad run does not stop a study. A stop
+    signal (``Preempted``: the run checkpointed) is recorded as ``interrupted.json`` and stops the study, as does
+    KeyboardInterrupt. ``place``: where the run's trackers log (the study's experiment and store).
     """
     from medsum import train
 
@@ -46,11 +50,17 @@ def execute_run(cfg: RunConfig, show_progress: bool = True) -> str:
         return "done"
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / rundir.ERROR).unlink(missing_ok=True)
+    (run_dir / rundir.INTERRUPTED).unlink(missing_ok=True)
     marker = run_dir / rundir.RUNNING
     rundir.atomic_write_json(marker, {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()})
     try:
-        train.run(cfg, show_progress=show_progress)
+        train.run(cfg, show_progress=show_progress, place=place)
         return "done"
+    except Preempted as stopped:
+        rundir.atomic_write_json(run_dir / rundir.INTERRUPTED, {"signal": signal.Signals(stopped.signum).name,
+                                                                "step": stopped.step,
+                                                                "checkpoint": stopped.checkpoint})
+        raise
     except Exception as err:  # any failure of one run is that run's, recorded for the report and the retry
         record_failure(run_dir, err)
         return "failed"
@@ -69,13 +79,14 @@ def record_failure(run_dir: Path, err: BaseException) -> None:
 # ---------------------------------------------------------------------------------------------- local
 
 
-def run_local(runs: list[PlannedRun], show_progress: bool = True) -> dict[str, str]:
+def run_local(runs: list[PlannedRun], show_progress: bool = True,
+              place: TrackingPlace | None = None) -> dict[str, str]:
     """Trains the runs one after the other in this process; returns run name -> done | failed."""
     statuses = {}
     started = time.perf_counter()
     for i, planned in enumerate(runs, 1):
         print(f"[{i}/{len(runs)}] {planned.name}{_eta(started, i - 1, len(runs))}", flush=True)
-        statuses[planned.name] = execute_run(planned.config, show_progress)
+        statuses[planned.name] = execute_run(planned.config, show_progress, place)
         if statuses[planned.name] == "failed":
             reason = rundir.error_message(planned.config.run_dir)
             print(f"[{i}/{len(runs)}] {planned.name} failed: {reason}", flush=True)
@@ -135,14 +146,15 @@ def task_resources(cluster: dict[str, float], requested: dict[str, float]) -> di
     return {"num_cpus": 1.0, "num_gpus": 0.0}
 
 
-def _ray_task(cfg: RunConfig, cwd: str, env: dict[str, str], quiet_warnings: bool) -> str:
+def _ray_task(cfg: RunConfig, cwd: str, env: dict[str, str], quiet_warnings: bool,
+              place: TrackingPlace | None = None) -> str:
     """The body of one Ray task: the driver's working directory (relative data paths) and settings, then the run."""
     os.environ.update(env)
     if quiet_warnings:  # as the driver's CLI does without --debug
         warnings.filterwarnings("ignore")
     if os.path.isdir(cwd):
         os.chdir(cwd)
-    return execute_run(cfg, show_progress=False)
+    return execute_run(cfg, show_progress=False, place=place)
 
 
 @contextmanager
@@ -160,14 +172,14 @@ def ray_session(address: str | None) -> Iterator[Any]:
 
 
 def run_ray(ray, runs: list[PlannedRun], show_progress: bool = True,
-            resources: dict[str, float] | None = None) -> dict[str, str]:
+            resources: dict[str, float] | None = None, place: TrackingPlace | None = None) -> dict[str, str]:
     """Submits one task per run to the connected Ray cluster and waits for all of them."""
     options = task_resources(ray.cluster_resources(), resources or {})
     print(f"ray: {len(runs)} tasks, each asking for {options}", flush=True)
     task = ray.remote(_ray_task).options(**options)
     env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
     quiet = any(f[0] == "ignore" and f[2] is Warning for f in warnings.filters)
-    refs = {task.remote(planned.config, os.getcwd(), env, quiet): planned for planned in runs}
+    refs = {task.remote(planned.config, os.getcwd(), env, quiet, place): planned for planned in runs}
     return _collect(ray, refs, show_progress)
 
 
@@ -186,8 +198,9 @@ def _init_ray(ray, address: str | None) -> None:
 class LocalPool:
     """Runs each submitted run in this process when a result is asked for, in submission order."""
 
-    def __init__(self, show_progress: bool = True):
+    def __init__(self, show_progress: bool = True, place: TrackingPlace | None = None):
         self.show_progress = show_progress
+        self.place = place
         self.queue: list[tuple[str, RunConfig]] = []
 
     def submit(self, key: str, cfg: RunConfig) -> None:
@@ -196,21 +209,22 @@ class LocalPool:
     def next_done(self) -> tuple[str, str]:
         """(key, done | failed) of the next run, trained now."""
         key, cfg = self.queue.pop(0)
-        return key, execute_run(cfg, self.show_progress)
+        return key, execute_run(cfg, self.show_progress, self.place)
 
 
 class RayPool:
     """One Ray task per submitted run (as ``run_ray``); ``next_done`` waits for whichever finishes first."""
 
-    def __init__(self, ray, resources: dict[str, float] | None = None):
+    def __init__(self, ray, resources: dict[str, float] | None = None, place: TrackingPlace | None = None):
         self.ray = ray
+        self.place = place
         self.task = ray.remote(_ray_task).options(**task_resources(ray.cluster_resources(), resources or {}))
         self.env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
         self.quiet = any(f[0] == "ignore" and f[2] is Warning for f in warnings.filters)
         self.refs: dict[Any, tuple[str, RunConfig]] = {}
 
     def submit(self, key: str, cfg: RunConfig) -> None:
-        self.refs[self.task.remote(cfg, os.getcwd(), self.env, self.quiet)] = (key, cfg)
+        self.refs[self.task.remote(cfg, os.getcwd(), self.env, self.quiet, self.place)] = (key, cfg)
 
     def next_done(self) -> tuple[str, str]:
         done, _ = self.ray.wait(list(self.refs), num_returns=1)

@@ -16,23 +16,41 @@ from medsum.config import RunConfig, config_from_dict, config_to_dict, save_run_
 from medsum.errors import MedsumError
 from medsum.evaluate import ROUGE_KEYS
 from medsum.partial_predictions import PartialPredictions
+from medsum.preemption import Preempted
 from medsum.train.build import Setup, check_inputs, setup
 from medsum.train.loop import Progress, train_loop
 from medsum.train.results import reset_peak_memory, save_weights, write_results
+from medsum.train.tracking import Trackers, TrackingPlace
 
-__all__ = ["run", "setup", "check_inputs", "Setup", "prepare_run_dir"]
+__all__ = ["run", "setup", "check_inputs", "Setup", "prepare_run_dir", "Preempted", "TrackingPlace"]
 
 
-def run(cfg: RunConfig, force: bool = False, show_progress: bool = True) -> dict | None:
-    """Runs one training run into its run directory and returns its metrics (None when already finished)."""
+def run(cfg: RunConfig, force: bool = False, show_progress: bool = True,
+        place: TrackingPlace | None = None) -> dict | None:
+    """Runs one training run into its run directory and returns its metrics (None when already finished).
+
+    A stop signal during training raises ``Preempted`` after writing a checkpoint (``medsum.preemption``);
+    ``place``: where the trackers of train.report_to log (a study passes its own).
+    """
     if rundir.is_finished(cfg.run_dir) and not force:
         return None
     reset_peak_memory()
-    setup_ = setup(cfg, show_progress)  # every input error surfaces here, before anything is written
+    setup_ = setup(cfg, show_progress, place)  # every input error surfaces here, before anything is written
     start_run_dir(setup_, force)
-    progress = train_loop(setup_, setup_.cfg.run_dir, show_progress)
-    test_result = evaluation.test(setup_, show_progress, setup_.cfg.run_dir)
-    return finish(setup_, progress, *test_result)
+    trackers = Trackers(setup_, place)
+    try:
+        progress = train_loop(setup_, setup_.cfg.run_dir, show_progress, trackers)
+        summary, *test_result = evaluation.test(setup_, show_progress, setup_.cfg.run_dir)
+        trackers.log_test(summary)
+        metrics = finish(setup_, progress, summary, *test_result)
+    except Preempted:
+        trackers.close("KILLED")
+        raise
+    except BaseException:
+        trackers.close("FAILED")
+        raise
+    trackers.close()
+    return metrics
 
 
 def start_run_dir(setup_: Setup, force: bool) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from medsum.config import RunConfig
@@ -23,6 +24,7 @@ from medsum.models import (
 )
 from medsum.tiny_models import resolve_model_source
 from medsum.train.sampler import MicroBatchSampler, total_steps
+from medsum.train.tracking import TrackingPlace, check_available, tracker_objects
 
 
 @dataclass
@@ -55,16 +57,19 @@ class Training:
     best_weights: dict[str, Any] | None = None
 
 
-def setup(cfg: RunConfig, show_progress: bool = False) -> Setup:
-    """Loads data, tokenizer and model and wraps the model with the method; raises MedsumError on bad input."""
+def setup(cfg: RunConfig, show_progress: bool = False, place: TrackingPlace | None = None) -> Setup:
+    """Loads data, tokenizer and model and wraps the model with the method; raises MedsumError on bad input.
+    ``place``: where the trackers of train.report_to log (default: the run's own directory and name)."""
     import torch
 
+    check_available(cfg.train.report_to)
     splits = load_splits(cfg.data, show_progress=show_progress)
     source = resolve_model_source(cfg.model.name, splits["train"])
     family = checked_family(cfg, source)
     tokenizer = load_tokenizer(source)
     model = load_pretrained(source, cfg.model.dropout)
-    accelerator, precision, autocast_dtype = make_accelerator(cfg.train.precision)
+    accelerator, precision, autocast_dtype = make_accelerator(cfg.train.precision, tracker_objects(cfg, place),
+                                                              cfg.run_dir)
     cfg = resolve_config(cfg, family, precision)
     check_run(cfg, splits, accelerator.num_processes)
     encoded = setup_data(cfg, splits, tokenizer, show_progress and accelerator.is_main_process)
@@ -117,8 +122,9 @@ def resolve_config(cfg: RunConfig, family, precision: str) -> RunConfig:
     )
 
 
-def make_accelerator(precision: str):
-    """(Accelerator, the precision 'auto' resolved to, the autocast dtype or None for fp32)."""
+def make_accelerator(precision: str, trackers: list | None = None, run_dir: Path | None = None):
+    """(Accelerator, the precision 'auto' resolved to, the autocast dtype or None for fp32); ``trackers``
+    (``medsum.train.tracking``) are started by the training loop."""
     import torch
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -132,7 +138,8 @@ def make_accelerator(precision: str):
     ddp = DistributedDataParallelKwargs(find_unused_parameters=False)
     # a study runs many runs in one process, possibly at different precisions; the process group (PartialState) stays
     AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(mixed_precision=mixed, cpu=not on_gpu, kwargs_handlers=[ddp])
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not on_gpu, kwargs_handlers=[ddp], log_with=trackers or None,
+                              project_dir=str(run_dir) if run_dir is not None else None)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     return accelerator, precision, dtype
 

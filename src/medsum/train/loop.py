@@ -16,7 +16,9 @@ from medsum.config import RunConfig
 from medsum.data import collate
 from medsum.errors import MedsumError
 from medsum.methods import METHODS
+from medsum.preemption import Preempted, StopSignals, stop_agreed
 from medsum.train.build import Setup, Training, setup_optimizer
+from medsum.train.tracking import Trackers
 
 
 @dataclass
@@ -34,36 +36,57 @@ class Progress:
     stopped_early: bool = False
 
 
-def train_loop(setup_: Setup, run_dir: Path, show_progress: bool = True) -> Progress:
-    """Trains with validation-based selection; leaves the best weights in the model."""
+def train_loop(setup_: Setup, run_dir: Path, show_progress: bool = True,
+               trackers: Trackers | None = None) -> Progress:
+    """Trains with validation-based selection; leaves the best weights in the model. A stop signal (SIGTERM,
+    SIGINT) ends the step under way, writes a checkpoint and raises ``Preempted`` (``medsum.preemption``)."""
     from tqdm.auto import tqdm
 
     cfg, accelerator = setup_.cfg, setup_.accelerator
+    trackers = trackers or Trackers.none()
     training = setup_optimizer(setup_)
     progress, start = resume(setup_, training, run_dir)
+    trackers.start(start)
     validation_steps = scheduled_validations(cfg, training.steps, training.per_epoch)
     if not validation_steps:
         progress.best_step = training.steps  # the final weights are tested
     bar = tqdm(total=training.steps, initial=start, desc=f"train {cfg.run_name}", unit="step",
                disable=not (show_progress and accelerator.is_main_process), dynamic_ncols=True)
     training.model.train()
-    for step in range(start, training.steps if not progress.stopped_early else start):
-        loss = _step(setup_, training, progress, step, run_dir / rundir.TRAIN_LOG)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}")
-        done = step + 1
-        if done in validation_steps:
-            _validate(setup_, training, progress, done, run_dir / rundir.TRAIN_LOG)
-        if cfg.train.save_every and done % cfg.train.save_every == 0 and done < training.steps:
-            _checkpoint(setup_, training, progress, done, run_dir / rundir.CHECKPOINTS)
-        accelerator.wait_for_everyone()
-        if progress.stopped_early:
-            break
+    with StopSignals() as stop:
+        for step in range(start, training.steps if not progress.stopped_early else start):
+            loss = _step(setup_, training, progress, step, run_dir / rundir.TRAIN_LOG, trackers)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+            done = step + 1
+            if done in validation_steps:
+                _validate(setup_, training, progress, done, run_dir / rundir.TRAIN_LOG, trackers)
+            saved = bool(cfg.train.save_every and done % cfg.train.save_every == 0 and done < training.steps)
+            if saved:
+                _checkpoint(setup_, training, progress, done, run_dir / rundir.CHECKPOINTS)
+            _stop_if_asked(setup_, training, progress, done, run_dir / rundir.CHECKPOINTS, stop, saved, bar)
+            accelerator.wait_for_everyone()
+            if progress.stopped_early:
+                break
     bar.close()
     if training.best_weights is not None:
         ckpt.load_trainable_state(_unwrap(setup_, training.model), training.best_weights)
     setup_.model = _unwrap(setup_, training.model)
     return progress
+
+
+def _stop_if_asked(setup_: Setup, training: Training, progress: Progress, done: int, root: Path,
+                   stop: StopSignals, saved: bool, bar) -> None:
+    """After step ``done``: when a stop signal reached any process, checkpoint (unless this step's periodic one
+    was just written) and raise Preempted on every process."""
+    signum = stop_agreed(setup_.accelerator, stop)
+    if signum is None:
+        return
+    if not saved:
+        _checkpoint(setup_, training, progress, done, root)
+    setup_.accelerator.wait_for_everyone()
+    bar.close()
+    raise Preempted(signum, done, str(root / f"step-{done}"))
 
 
 def scheduled_validations(cfg: RunConfig, steps: int, per_epoch: int) -> set[int]:
@@ -83,9 +106,10 @@ def scheduled_validations(cfg: RunConfig, steps: int, per_epoch: int) -> set[int
 
 
 def resume(setup_: Setup, training: Training, run_dir: Path) -> tuple[Progress, int]:
-    """(progress, first step): restored from the newest checkpoint (train.save_every), else a fresh start."""
+    """(progress, first step): restored from the newest checkpoint, else a fresh start."""
     accelerator, log_path = setup_.accelerator, run_dir / rundir.TRAIN_LOG
-    resumed = ckpt.load_latest_checkpoint(run_dir / rundir.CHECKPOINTS) if setup_.cfg.train.save_every else None
+    # checkpoints of train.save_every, or the one a stop signal left (also when save_every is 0)
+    resumed = ckpt.load_latest_checkpoint(run_dir / rundir.CHECKPOINTS)
     if resumed is None:
         if accelerator.is_main_process:
             log_path.unlink(missing_ok=True)
@@ -103,7 +127,8 @@ def resume(setup_: Setup, training: Training, run_dir: Path) -> tuple[Progress, 
     return progress, start
 
 
-def _step(setup_: Setup, training: Training, progress: Progress, step: int, log_path: Path) -> float:
+def _step(setup_: Setup, training: Training, progress: Progress, step: int, log_path: Path,
+          trackers: Trackers) -> float:
     """Trains optimizer step ``step`` (0-based), counts its time and tokens, logs it; returns its loss."""
     import torch
 
@@ -113,8 +138,10 @@ def _step(setup_: Setup, training: Training, progress: Progress, step: int, log_
     learning_rate = training.scheduler.get_last_lr()[0]  # the rate this step trains at (read before it steps)
     loss, tokens = train_step(setup_, training.model, training.optimizer, training.scheduler, rows, training.forward,
                               step=step)
-    progress.train_seconds += time.perf_counter() - t0
-    progress.train_tokens += int(accelerator.reduce(torch.tensor(tokens, device=accelerator.device), reduction="sum"))
+    seconds = time.perf_counter() - t0
+    progress.train_seconds += seconds
+    step_tokens = int(accelerator.reduce(torch.tensor(tokens, device=accelerator.device), reduction="sum"))
+    progress.train_tokens += step_tokens
     done = step + 1
     if not math.isfinite(loss):
         raise MedsumError(
@@ -122,12 +149,16 @@ def _step(setup_: Setup, training: Training, progress: Progress, step: int, log_
             f"(use train.precision=bf16 or fp32) or a learning rate too high "
             f"(train.learning_rate={cfg.train.learning_rate:g}); the last good checkpoint is kept")
     if accelerator.is_main_process and (done % cfg.train.log_every == 0 or done == training.steps):
-        rundir.append_jsonl(log_path, {"step": done, "epoch": round(done / training.per_epoch, 4), "loss": loss,
+        epoch = round(done / training.per_epoch, 4)
+        rundir.append_jsonl(log_path, {"step": done, "epoch": epoch, "loss": loss,
                                        "learning_rate": learning_rate, "world_size": accelerator.num_processes})
+        trackers.log({"train/loss": loss, "train/learning_rate": learning_rate, "train/epoch": epoch,
+                      "train/tokens_per_second": step_tokens / max(seconds, 1e-9)}, done)
     return loss
 
 
-def _validate(setup_: Setup, training: Training, progress: Progress, done: int, log_path: Path) -> None:
+def _validate(setup_: Setup, training: Training, progress: Progress, done: int, log_path: Path,
+              trackers: Trackers) -> None:
     """Validates after step ``done``, keeps the weights when they are the best so far, and decides early stopping."""
     t0 = time.perf_counter()
     scores = evaluation.validate(setup_, training.model)
@@ -143,6 +174,7 @@ def _validate(setup_: Setup, training: Training, progress: Progress, done: int, 
     if setup_.accelerator.is_main_process:
         rundir.append_jsonl(log_path, {"step": done, "event": "validation",
                                        **{f"validation_{k}": v for k, v in scores.items()}})
+        trackers.log({f"validation/{k}": v for k, v in scores.items()}, done)
     patience = setup_.cfg.train.early_stopping_patience
     if patience and progress.evals_without_improvement >= patience and done < training.steps:
         progress.stopped_early = True
