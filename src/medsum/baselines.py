@@ -31,7 +31,8 @@ from pathlib import Path
 
 from medsum import measures, rundir
 from medsum.config import DataConfig, EvaluateConfig
-from medsum.evaluate import ROUGE_SETTINGS, aggregate, rouge_per_example, rouge_tokens, split_sentences
+from medsum.evaluate import ROUGE_SETTINGS, rouge_tokens, split_sentences
+from medsum.evaluation import score_predictions
 
 BASELINES = {
     "lead": "the article's first sentences up to the word budget",
@@ -193,14 +194,7 @@ def write_baseline(run: BaselineRun, progress: Callable[[str], None] = lambda me
         references.append(example.target)
         sources.append(example.source)
     progress(f"{run.name}: {len(ids)} test summaries (word budget {budget})")
-    rows = [{"id": i, "prediction": p, "reference": r, **scores}
-            for i, p, r, scores in zip(ids, predictions, references, rouge_per_example(references, predictions))]
-    rows = measures.add_measures(rows, sources)
-    test = {**aggregate(rows), "empty_predictions": sum(1 for p in predictions if not p.strip()),
-            "examples": len(rows), "measures": measures.row_means(rows)}
-    from medsum import model_metrics
-
-    rows, test = model_metrics.add_model_metrics(rows, test, sources, run.evaluate)
+    rows, test = score_predictions(ids, predictions, references, sources, run.evaluate)
     about = {"name": run.name, "description": BASELINES[run.name], "word_budget": budget,
              "word_budget_from": f"mean reference length of the {len(splits['train'])} training examples "
                                  f"(measures.words)",

@@ -103,19 +103,21 @@ def test(setup_: Setup, show_progress: bool = True, run_dir: Path | None = None)
     for example in examples:  # one pass over the split (a large test split is read from disk)
         references.append(example.target)
         sources.append(example.source)
-    per_example = rouge_per_example(references, texts)
-    rows = [{"id": i, "prediction": p, "reference": r, **scores}
-            for i, p, r, scores in zip(ids, texts, references, per_example)]
-    rows = measures.add_measures(rows, sources)
-    summary = {**_test_summary(per_example, texts, generated, reused), "measures": measures.row_means(rows)}
-    rows, summary = model_metrics.add_model_metrics(rows, summary, sources, cfg.evaluate)
+    rows, summary = score_predictions(ids, texts, references, sources, cfg.evaluate, {
+        "gen_len": generated / max(len(texts), 1), "reused_predictions": reused})
     return summary, rows, seconds, generated
 
 
-def _test_summary(per_example: list[dict], texts: list[str], generated: int, reused: int) -> dict:
-    summary = aggregate(per_example)
-    summary["gen_len"] = generated / max(len(texts), 1)
-    summary["empty_predictions"] = sum(1 for p in texts if not p.strip())
-    summary["examples"] = len(texts)
-    summary["reused_predictions"] = reused
-    return summary
+def score_predictions(ids: list, predictions: list[str], references: list[str], sources: list[str], evaluate_cfg,
+                      extra: dict | None = None) -> tuple[list[dict], dict]:
+    """A test pass's rows (id, prediction, reference, its ROUGE and measures) and summary (ROUGE means, ``extra``,
+    empty predictions, examples, the measures' means), with the configured model-based metrics: one scoring for
+    trained runs and extractive baselines alike."""
+    per_example = rouge_per_example(references, predictions)
+    rows = [{"id": i, "prediction": p, "reference": r, **scores}
+            for i, p, r, scores in zip(ids, predictions, references, per_example)]
+    rows = measures.add_measures(rows, sources)
+    summary = {**aggregate(per_example), **(extra or {}),
+               "empty_predictions": sum(1 for p in predictions if not p.strip()), "examples": len(predictions),
+               "measures": measures.row_means(rows)}
+    return model_metrics.add_model_metrics(rows, summary, sources, evaluate_cfg)
